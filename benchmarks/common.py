@@ -1,0 +1,32 @@
+"""Helpers shared by the benchmark scripts: where the shared models are, result files, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PRUNEKIT_SHARED", REPO.parent / "shared"))
+RESULTS = REPO / "benchmarks" / "results"
+
+# Every real model in ../shared/models (the models README lists them).
+SHARED_MODELS = {"smollm2-135m": SHARED / "models" / "smollm2-135m-instruct"}
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def store_results(path: Path, data: dict) -> None:
+    """Rewrite the results file after every measurement so a long run keeps what it finished."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(rows_i) + " |" for rows_i in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,186 @@
+"""The Python API — the same operations as the CLI, one function each.
+
+    import prunekit
+    lm = prunekit.load("../shared/models/smollm2-135m-instruct")
+    step = prunekit.prune(lm, "magnitude", sparsity=0.5)
+    ppl = prunekit.evaluate_perplexity(lm, ["wikitext2"], max_windows=4)
+    prunekit.save(lm, "out/smollm2-mag50", record=prunekit.build_record(lm, [step], ppl))
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .capture import layerwise
+from .data import calibration_windows, evaluation_windows, resolve_data_root
+from .errors import ArgumentError
+from .eval.perplexity import perplexity
+from .io import peak_rss_mb, save_model, versions
+from .models.loading import LoadedModel, load_model
+from .recipe import CalibrationSettings, Step
+from .selection import parse_layers, parse_roles, view_selector
+from .sparsity import check_nm, parse_pattern, validate_nm_width, zero_fraction
+
+MAX_DEFAULT_SEQLEN = 4096
+
+
+def load(model: str | os.PathLike, *, gguf_file: str | None = None, dtype: str = "auto", device: str = "auto") -> LoadedModel:
+    """Load a causal LM (local directory, GGUF file in a directory, or hub id)."""
+    return load_model(model, gguf_file=gguf_file, dtype=dtype, device=device)
+
+
+def default_seqlen(loaded: LoadedModel) -> int:
+    """The model's context length capped at 4096 (the evaluation protocol's default)."""
+    return min(loaded.adapter.max_context, MAX_DEFAULT_SEQLEN)
+
+
+def _check_seqlen(loaded: LoadedModel, seqlen: int) -> int:
+    if seqlen > loaded.adapter.max_context:
+        raise ArgumentError(f"--seqlen {seqlen} is longer than the model's context ({loaded.adapter.max_context})")
+    return seqlen
+
+
+def prune(
+    loaded: LoadedModel,
+    method: str | Step,
+    *,
+    sparsity: float | None = None,
+    pattern: str | None = None,
+    roles: str | Sequence[str] | None = None,
+    layers: str | Sequence[int] | None = None,
+    calibration: CalibrationSettings | None = None,
+    data_root: str | os.PathLike | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> dict:
+    """Prune ``loaded`` in place with one step; return the step's record for ``prunekit.json``."""
+    step = method if isinstance(method, Step) else Step(method, sparsity, pattern, roles, layers, options)
+    method_cls, parsed_options, target = step.validated()
+    calibration = calibration or CalibrationSettings()
+    calibration.validate()
+    adapter = loaded.adapter
+    layer_ids = parse_layers(step.layers, adapter.num_layers())
+    views_for = view_selector(adapter, parse_roles(step.roles, adapter))
+    validate_nm_width(target, {v.name: v.in_features for i in layer_ids for v in views_for(i)})
+
+    pruner = method_cls(target, parsed_options)
+    started = time.perf_counter()
+    calib_ids = None
+    calib_record = None
+    if pruner.needs:
+        seqlen = _check_seqlen(loaded, calibration.seqlen or default_seqlen(loaded))
+        windows = calibration_windows(
+            loaded.tokenizer, calibration.corpus, nsamples=calibration.nsamples, seqlen=seqlen,
+            seed=calibration.seed, data_root=resolve_data_root(data_root),
+        )
+        calib_ids, calib_record = windows.ids, windows.provenance
+    data_seconds = time.perf_counter() - started
+
+    results = layerwise(
+        loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, views_for=views_for,
+        layers=layer_ids, batch_size=calibration.batch_size, progress=progress,
+    )
+    modules: dict[str, dict] = {}
+    layer_reports = []
+    for index, reports, seconds in results:
+        modules.update(reports)
+        layer_reports.append({"index": index, "seconds": round(seconds, 3), "modules": reports})
+    total = sum(_numel(r) for r in modules.values())
+    removed = sum(r["sparsity"] * _numel(r) for r in modules.values())
+    return {
+        "step": {"method": method_cls.name, **target.to_dict(), "roles": list(parse_roles(step.roles, adapter)),
+                 "layers": layer_ids, "options": vars(parsed_options)},
+        "calibration": calib_record,
+        "sparsity": {"overall": removed / total if total else 0.0,
+                     "layers": {name: r["sparsity"] for name, r in modules.items()}},
+        "layers": layer_reports,
+        "timings": {"calibration_data": round(data_seconds, 3), "prune": round(time.perf_counter() - started - data_seconds, 3)},
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def _numel(report: dict) -> int:
+    rows, cols = report["shape"]
+    return rows * cols
+
+
+def evaluate_perplexity(
+    loaded: LoadedModel,
+    datasets: Iterable[str],
+    *,
+    seqlen: int | None = None,
+    max_windows: int | None = None,
+    protocol: str = "standard",
+    data_root: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """``{"ppl": {name: value}, "eval": {name: details}}`` for each dataset."""
+    if seqlen is None:
+        seqlen = 128 if protocol == "llm-pruner" else default_seqlen(loaded)
+    _check_seqlen(loaded, seqlen)
+    root = resolve_data_root(data_root)
+    names = [d.strip() for d in datasets if d.strip()]
+    if not names:
+        raise ArgumentError("no dataset to evaluate (e.g. --ppl wikitext2,ptb)")
+    windows = {name: evaluation_windows(loaded.tokenizer, name, seqlen=seqlen, data_root=root,
+                                        protocol=protocol, max_windows=max_windows) for name in names}
+    out: dict[str, dict] = {"ppl": {}, "eval": {}}
+    for name, token_windows in windows.items():
+        result = perplexity(loaded.model, token_windows, batch_size=batch_size, progress=progress, desc=f"ppl {name}")
+        out["ppl"][name] = result["ppl"]
+        out["eval"][name] = {**result, "provenance": token_windows.provenance}
+    return out
+
+
+@torch.no_grad()
+def check_sparsity(loaded: LoadedModel, patterns: Sequence[str] = ("2:4", "4:8")) -> dict:
+    """Per-module and overall zero fraction of the decoder linears, and N:M validity per pattern."""
+    adapter = loaded.adapter
+    layers: dict[str, float] = {}
+    zeros = total = 0
+    nm: dict[str, dict] = {p: {"valid": True, "invalid_modules": []} for p in patterns}
+    parsed = {p: parse_pattern(p) for p in patterns}
+    for index in range(adapter.num_layers()):
+        for view in adapter.linears(index):
+            weight = view.weight
+            fraction = zero_fraction(weight)
+            layers[view.name] = fraction
+            zeros += fraction * weight.numel()
+            total += weight.numel()
+            for pattern, (n, m) in parsed.items():
+                if not check_nm(weight, n, m):
+                    nm[pattern]["valid"] = False
+                    nm[pattern]["invalid_modules"].append(view.name)
+    return {"sparsity": {"overall": zeros / total if total else 0.0, "layers": layers}, "nm": nm}
+
+
+def build_record(loaded: LoadedModel, steps: list[dict], evaluation: dict | None = None,
+                 timings: dict | None = None) -> dict:
+    """Assemble ``prunekit.json``: recipe, versions, model, data provenance, results, timings."""
+    last = steps[-1] if steps else {}
+    record = {
+        "prunekit": versions(),
+        "model": loaded.source,
+        "recipe": {"steps": [s["step"] for s in steps]},
+        "calibration": [s["calibration"] for s in steps],
+        "sparsity": last.get("sparsity", {}),
+        "steps": steps,
+        "timings": {"load": loaded.source.get("load_seconds"), **(timings or {}),
+                    "steps": [s["timings"] for s in steps]},
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if evaluation:
+        record["ppl"] = evaluation["ppl"]
+        record["eval"] = evaluation["eval"]
+    return record
+
+
+def save(loaded: LoadedModel, out: str | os.PathLike, *, record: dict, overwrite: bool = False) -> Path:
+    """Write ``loaded`` as a plain HF directory with ``prunekit.json``, atomically."""
+    return save_model(loaded.model, loaded.tokenizer, out, record, overwrite=overwrite)

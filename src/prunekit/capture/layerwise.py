@@ -1,0 +1,149 @@
+"""The layer-wise pass: one decoder layer in flight at a time.
+
+Run the embeddings once on the calibration batch (stopping the model at its first decoder layer
+to catch that layer's inputs and keyword arguments — masks, positions, rotary embeddings — as the
+model itself builds them), then walk the layers: collect the statistics the method needs through
+hooks, let the method change the layer, and recompute the layer's outputs from the *pruned* layer
+as the next layer's inputs (the sequential convention of SparseGPT/Wanda).
+
+Peak memory ≈ the model's weights + two activation buffers of ``nsamples × seqlen × hidden`` +
+the statistics of one layer, independent of the number of layers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models.adapters.base import LinearView
+from ..models.loading import LoadedModel
+from .statistics import InputStatistics, collect_statistics
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the first decoder layer once its inputs are caught."""
+
+
+@dataclass
+class LayerContext:
+    """What a method sees of one decoder layer."""
+
+    index: int
+    layer: torch.nn.Module
+    views: list[LinearView]
+    stats: dict[str, InputStatistics] = field(default_factory=dict)
+
+    def stats_for(self, view: LinearView) -> InputStatistics:
+        return self.stats[view.input_group]
+
+
+@dataclass
+class _Inputs:
+    hidden: torch.Tensor  # (nsamples, seqlen, hidden) in the model's dtype
+    extra_args: dict[int, tuple]  # positional args after hidden_states, per batch size
+    kwargs: dict[int, dict[str, Any]]  # keyword args as the model passes them, per batch size
+
+
+def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size: int, progress: bool) -> _Inputs:
+    model = loaded.model
+    layer0 = loaded.adapter.decoder_layers()[0]
+    device = loaded.device
+    nsamples, seqlen = calib_ids.shape
+    hidden = torch.empty(nsamples, seqlen, loaded.adapter.hidden_size, dtype=next(model.parameters()).dtype, device=device)
+    extra_args: dict[int, tuple] = {}
+    kwargs: dict[int, dict[str, Any]] = {}
+    state = {"start": 0}
+
+    def catch(_module, args, kw):
+        size = args[0].shape[0]
+        hidden[state["start"] : state["start"] + size] = args[0]
+        extra_args.setdefault(size, tuple(args[1:]))
+        kwargs.setdefault(size, dict(kw))
+        raise _StopForward
+
+    handle = layer0.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, nsamples, batch_size), desc="embed calibration", disable=not progress, leave=False):
+                state["start"] = start
+                try:
+                    model(input_ids=calib_ids[start : start + batch_size].to(device), use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return _Inputs(hidden, extra_args, kwargs)
+
+
+def _run_layer(layer: torch.nn.Module, inputs: _Inputs, out: torch.Tensor | None, batch_size: int) -> None:
+    """Run ``layer`` over all inputs in batches, writing into ``out`` (or only firing hooks)."""
+    with torch.inference_mode():
+        for start in range(0, inputs.hidden.shape[0], batch_size):
+            batch = inputs.hidden[start : start + batch_size]
+            size = batch.shape[0]
+            result = layer(batch, *inputs.extra_args[size], **inputs.kwargs[size])
+            if out is not None:
+                out[start : start + size] = result[0] if isinstance(result, tuple) else result
+
+
+def layerwise(
+    loaded: LoadedModel,
+    on_layer: Callable[[LayerContext], Any],
+    *,
+    calib_ids: torch.Tensor | None,
+    needs: frozenset[str] = frozenset(),
+    views_for: Callable[[int], list[LinearView]] | None = None,
+    layers: Iterable[int] | None = None,
+    batch_size: int = 8,
+    stats_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> list[tuple[int, Any, float]]:
+    """Call ``on_layer`` once per selected decoder layer; returns ``(index, result, seconds)``.
+
+    Without calibration data (``calib_ids is None``) the walk is data-free. With data, every
+    layer up to the last selected one is run to propagate inputs; the statistics in ``needs`` are
+    collected for the selected layers only.
+    """
+    adapter = loaded.adapter
+    total = adapter.num_layers()
+    selected = sorted(set(range(total) if layers is None else layers))
+    views_for = views_for or adapter.linears
+    results: list[tuple[int, Any, float]] = []
+    bar = tqdm(total=len(selected), desc="layers", unit="layer", disable=not progress)
+
+    if calib_ids is None:
+        for index in selected:
+            started = time.perf_counter()
+            ctx = LayerContext(index, adapter.decoder_layers()[index], views_for(index))
+            results.append((index, on_layer(ctx), time.perf_counter() - started))
+            bar.update(1)
+        bar.close()
+        return results
+
+    inputs = _first_layer_inputs(loaded, calib_ids, batch_size, progress)
+    outputs = torch.empty_like(inputs.hidden)
+    last = selected[-1] if selected else -1
+    for index in range(last + 1):
+        layer = adapter.decoder_layers()[index]
+        started = time.perf_counter()
+        if index in selected:
+            views = views_for(index)
+            with collect_statistics(views, needs, stats_dtype) as stats:
+                if needs:
+                    _run_layer(layer, inputs, None, batch_size)
+            for entry in stats.values():
+                entry.check_finite(f"layer {index}")
+            result = on_layer(LayerContext(index, layer, views, stats))
+        if index < last:
+            _run_layer(layer, inputs, outputs, batch_size)
+            inputs.hidden, outputs = outputs, inputs.hidden
+        if index in selected:
+            results.append((index, result, time.perf_counter() - started))
+            bar.update(1)
+            bar.set_postfix(layer=index, s=f"{results[-1][2]:.1f}")
+    bar.close()
+    return results

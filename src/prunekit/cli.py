@@ -1,0 +1,221 @@
+"""The command line: ``prunekit prune | eval | check | methods``.
+
+Every subcommand is a thin face of the Python API in :mod:`prunekit.api`. Errors a user can
+cause print one line on stderr and exit non-zero; Ctrl-C exits 130 and leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import api
+from .data import PROTOCOLS
+from .errors import ArgumentError, PrunekitError
+from .io import check_output_path, write_json
+from .methods import available_methods
+from .recipe import CalibrationSettings, Step
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", required=True, help="local Hugging Face directory (or a hub id where the hub is reachable)")
+    group.add_argument("--gguf-file", help="GGUF file inside --model to load (auto-detected when it is the only file)")
+    group.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                       help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    group.add_argument("--data-root", help="folder of the named corpora (default: $PRUNEKIT_DATA or ../shared/data)")
+    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_eval_args(parser: argparse.ArgumentParser, flag: str) -> None:
+    group = parser.add_argument_group("perplexity")
+    group.add_argument(flag, type=_csv, default=[], metavar="DATASETS",
+                       help="comma-separated corpora to evaluate: wikitext2, ptb, c4 (or a .txt/.jsonl path)")
+    group.add_argument("--max-windows", type=int, help="evaluate only the first K windows (quick runs)")
+    group.add_argument("--eval-seqlen", type=int, help="window length (default: the model context capped at 4096)")
+    group.add_argument("--protocol", default="standard", choices=PROTOCOLS,
+                       help="standard (SparseGPT/Wanda) or llm-pruner (128-token windows, PTB validation)")
+    group.add_argument("--eval-batch-size", type=int, help="windows per forward (default: 4096 tokens per batch)")
+
+
+def _option_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """Every registered method's options become flags; each is checked against the chosen method."""
+    seen: dict[str, dataclasses.Field] = {}
+    for method in available_methods().values():
+        for f in dataclasses.fields(method.Options):
+            seen.setdefault(f.name, f)
+    group = parser.add_argument_group("method options (see `prunekit methods`)")
+    for name, f in seen.items():
+        kwargs: dict = {"dest": f"opt_{name}", "default": argparse.SUPPRESS, "help": f.metadata.get("help")}
+        if f.type in (bool, "bool"):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = {"int": int, "float": float}.get(str(f.type), str) if isinstance(f.type, str) else f.type
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(_option_flag(name), **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunekit", description="Prune Hugging Face causal LMs and measure the cost.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prune = sub.add_parser("prune", help="prune a model and save it (optionally evaluate)")
+    _add_model_args(prune)
+    target = prune.add_argument_group("target")
+    target.add_argument("--method", required=True, help="a registered method (see `prunekit methods`)")
+    target.add_argument("--sparsity", type=float, help="unstructured sparsity in [0, 1)")
+    target.add_argument("--pattern", help="N:M semi-structured pattern, e.g. 2:4")
+    target.add_argument("--roles", help="comma-separated roles to prune (default: all linears of every layer)")
+    target.add_argument("--layers", help="layer indices to prune, e.g. 0-5,7 (default: all)")
+    calib = prune.add_argument_group("calibration")
+    calib.add_argument("--calib", default="c4", help="calibration corpus (c4, wikitext2, ptb, pg19, name:split, or a path)")
+    calib.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    calib.add_argument("--seqlen", type=int, help="calibration window length (default: model context capped at 4096)")
+    calib.add_argument("--seed", type=int, default=0, help="seed of the window sampler (default 0)")
+    calib.add_argument("--calib-batch-size", type=int, default=8, help="windows per layer forward (default 8)")
+    _add_method_options(prune)
+    out = prune.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output directory (written atomically)")
+    out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_eval_args(prune, "--eval")
+
+    evaluate = sub.add_parser("eval", help="evaluate perplexity")
+    _add_model_args(evaluate)
+    _add_eval_args(evaluate, "--ppl")
+    evaluate.add_argument("--json", help="write the results to this JSON file")
+
+    check = sub.add_parser("check", help="report per-module sparsity and N:M validity")
+    _add_model_args(check)
+    check.add_argument("--pattern", type=_csv, default=["2:4", "4:8"], help="N:M patterns to verify (default 2:4,4:8)")
+    check.add_argument("--json", help="write the results to this JSON file")
+
+    sub.add_parser("methods", help="list the registered methods and their options")
+    return parser
+
+
+def _load(args) -> "api.LoadedModel":
+    return api.load(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device)
+
+
+def _evaluate(lm, args, datasets: list[str]) -> dict | None:
+    if not datasets:
+        return None
+    return api.evaluate_perplexity(
+        lm, datasets, seqlen=args.eval_seqlen, max_windows=args.max_windows, protocol=args.protocol,
+        data_root=args.data_root, batch_size=args.eval_batch_size, progress=not args.no_progress,
+    )
+
+
+def _validate_eval_args(args) -> None:
+    if args.max_windows is not None and args.max_windows < 1:
+        raise ArgumentError(f"--max-windows must be at least 1 (got {args.max_windows})")
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        raise ArgumentError(f"--eval-batch-size must be at least 1 (got {args.eval_batch_size})")
+
+
+def cmd_prune(args) -> int:
+    options = {key[4:]: value for key, value in vars(args).items() if key.startswith("opt_")}
+    step = Step(args.method, args.sparsity, args.pattern, args.roles, args.layers, options)
+    step.validated()  # bad method/options/target fail before the model is loaded
+    calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed, args.calib_batch_size)
+    calibration.validate()
+    _validate_eval_args(args)
+    check_output_path(args.out, args.overwrite)
+
+    lm = _load(args)
+    result = api.prune(lm, step, calibration=calibration, data_root=args.data_root, progress=not args.no_progress)
+    started = time.perf_counter()
+    evaluation = _evaluate(lm, args, args.eval)
+    timings = {"eval": round(time.perf_counter() - started, 3)} if evaluation else {}
+    record = api.build_record(lm, [result], evaluation, timings)
+    path = api.save(lm, args.out, record=record, overwrite=args.overwrite)
+    print(f"pruned {args.model} with {step.method} ({result['step'].get('pattern') or result['step'].get('sparsity')}):"
+          f" overall sparsity {result['sparsity']['overall']:.4f} -> {path}")
+    _print_ppl(evaluation)
+    return 0
+
+
+def _print_ppl(evaluation: dict | None) -> None:
+    for name, value in (evaluation or {}).get("ppl", {}).items():
+        detail = evaluation["eval"][name]
+        print(f"ppl {name}: {value:.4f}  ({detail['windows']} windows x {detail['seqlen']} tokens)")
+
+
+def cmd_eval(args) -> int:
+    _validate_eval_args(args)
+    if not args.ppl:
+        raise ArgumentError("nothing to evaluate: give --ppl wikitext2[,ptb,c4]")
+    lm = _load(args)
+    evaluation = _evaluate(lm, args, args.ppl)
+    _print_ppl(evaluation)
+    if args.json:
+        write_json(Path(args.json), {"model": lm.source, **evaluation})
+    return 0
+
+
+def cmd_check(args) -> int:
+    lm = _load(args)
+    report = api.check_sparsity(lm, args.pattern)
+    print(f"overall sparsity of decoder linears: {report['sparsity']['overall']:.4f}")
+    for pattern, verdict in report["nm"].items():
+        print(f"{pattern}: {'valid' if verdict['valid'] else 'not valid'}"
+              + ("" if verdict["valid"] else f" ({len(verdict['invalid_modules'])} modules violate it)"))
+    if args.json:
+        write_json(Path(args.json), {"model": lm.source, **report})
+    return 0
+
+
+def cmd_methods(_args) -> int:
+    for name, method in available_methods().items():
+        needs = ", ".join(sorted(method.needs)) or "no data"
+        print(f"{name:12s} {method.summary} [{needs}]")
+        for f in dataclasses.fields(method.Options):
+            print(f"    {_option_flag(f.name)} (default {f.default!r}): {f.metadata.get('help', '')}")
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        _quiet_libraries(progress=not getattr(args, "no_progress", False))
+    try:
+        return COMMANDS[args.command](args)
+    except PrunekitError as exc:
+        print(f"prunekit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("prunekit: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries(progress: bool) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if not progress:
+        transformers.utils.logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

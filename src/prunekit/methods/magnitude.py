@@ -1,0 +1,28 @@
+"""Magnitude pruning: remove the smallest ``|W|`` — the data-free baseline every paper reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..sparsity import select_mask
+from .base import Method, register
+
+
+@dataclass
+class MagnitudeOptions:
+    group: str = field(
+        default="matrix",
+        metadata={"choices": ("matrix", "row"),
+                  "help": "comparison group for unstructured sparsity: one threshold per matrix (the "
+                          "SparseGPT/Wanda baseline) or per output row"},
+    )
+
+
+@register
+class Magnitude(Method):
+    name = "magnitude"
+    summary = "smallest |W| per matrix (or per row); N:M keeps the N largest of every M inputs"
+    Options = MagnitudeOptions
+
+    def prune_mask(self, view, ctx):
+        return select_mask(view.weight.abs().float(), self.target, per_row=self.options.group == "row")

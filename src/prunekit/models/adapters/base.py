@@ -1,0 +1,160 @@
+"""The adapter contract: how methods see a model without knowing its architecture.
+
+A method asks an adapter for the decoder layers and, inside a layer, for the linear maps by
+*role* (``q, k, v, o, gate, up, down, fc1, fc2``). Fused projections (GPT-NeoX
+``query_key_value``, GPT-2 ``c_attn``) appear as one :class:`LinearView` carrying several roles,
+with the rows of each role recorded, so unstructured methods treat them as one matrix and
+structured methods can still find a head's q/k/v rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+ALL_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "fc1", "fc2")
+
+
+@dataclass
+class LinearView:
+    """A linear map ``y = W x`` inside a decoder layer, seen as ``W ∈ R^{out×in}``.
+
+    ``transposed`` is set for GPT-2's ``Conv1D`` which stores ``W`` as ``in×out``; the view hides
+    that so every method works on ``out×in``. ``input_group`` names the tensor the map reads:
+    maps in one group see the same input (q/k/v read the attention input), so calibration
+    statistics are collected once per group.
+    """
+
+    name: str  # qualified module name within the whole model, e.g. "model.layers.3.self_attn.q_proj"
+    local_name: str  # name within the decoder layer, e.g. "self_attn.q_proj"
+    roles: tuple[str, ...]
+    module: nn.Module
+    input_group: str
+    transposed: bool = False
+    role_rows: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as ``out×in`` (a view; writes go to the module's parameter)."""
+        w = self.module.weight.data
+        return w.t() if self.transposed else w
+
+    def set_weight(self, new_weight: torch.Tensor) -> None:
+        """Write an ``out×in`` weight back in the module's own layout and dtype."""
+        target = self.module.weight.data
+        value = new_weight.t() if self.transposed else new_weight
+        if value.shape != target.shape:
+            raise ValueError(f"{self.name}: weight shape {tuple(value.shape)} != {tuple(target.shape)}")
+        target.copy_(value.to(dtype=target.dtype, device=target.device))
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+
+class Adapter:
+    """Base class of one architecture family.
+
+    Subclasses set ``model_types`` (the ``config.model_type`` values they serve), ``layers_path``
+    (dotted path of the decoder ``ModuleList``) and implement :meth:`linear_specs` — the
+    linears of one layer in data-flow order.
+    """
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    layers_path: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+
+    # ---- layers -------------------------------------------------------------------------
+    def decoder_layers(self) -> nn.ModuleList:
+        module: nn.Module = self.model
+        for part in self.layers_path.split("."):
+            module = getattr(module, part)
+        return module  # type: ignore[return-value]
+
+    def num_layers(self) -> int:
+        return len(self.decoder_layers())
+
+    def layer_prefix(self, index: int) -> str:
+        return f"{self.layers_path}.{index}"
+
+    # ---- roles --------------------------------------------------------------------------
+    def linear_specs(self) -> list[tuple[str, tuple[str, ...], str]]:
+        """``(local module name, roles, input group)`` for each linear of a layer, data-flow order."""
+        raise NotImplementedError
+
+    def linears(self, index: int) -> list[LinearView]:
+        """The linear maps of decoder layer ``index`` as views, in data-flow order."""
+        layer = self.decoder_layers()[index]
+        views = []
+        for local_name, roles, group in self.linear_specs():
+            module = layer.get_submodule(local_name)
+            views.append(
+                LinearView(
+                    name=f"{self.layer_prefix(index)}.{local_name}",
+                    local_name=local_name,
+                    roles=roles,
+                    module=module,
+                    input_group=group,
+                    transposed=self.is_transposed(module),
+                    role_rows=self.role_rows(local_name, module),
+                )
+            )
+        return views
+
+    def roles(self) -> tuple[str, ...]:
+        """Every role this family names, in data-flow order."""
+        seen: list[str] = []
+        for _, roles, _ in self.linear_specs():
+            seen.extend(r for r in roles if r not in seen)
+        return tuple(seen)
+
+    def is_transposed(self, module: nn.Module) -> bool:
+        return False
+
+    def role_rows(self, local_name: str, module: nn.Module) -> dict[str, torch.Tensor]:
+        """Rows of each role inside a fused projection; empty for single-role maps."""
+        return {}
+
+    def norm_names(self) -> tuple[str, ...]:
+        """Local names of the normalisation modules in a layer."""
+        return ()
+
+    def norms(self, index: int) -> dict[str, nn.Module]:
+        layer = self.decoder_layers()[index]
+        return {name: layer.get_submodule(name) for name in self.norm_names()}
+
+    # ---- shapes -------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(getattr(self.config, "num_key_value_heads", None) or self.num_heads)
+
+    @property
+    def head_dim(self) -> int:
+        return int(getattr(self.config, "head_dim", None) or self.hidden_size // self.num_heads)
+
+    @property
+    def max_context(self) -> int:
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(self.config, key, None)
+            if value:
+                return int(value)
+        return 2048

@@ -1,0 +1,42 @@
+"""GPT-2: ``Conv1D`` layers (weights stored in×out) and a fused ``c_attn`` of [q | k | v]."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Adapter
+
+
+class GPT2Adapter(Adapter):
+    family = "gpt2"
+    model_types = ("gpt2",)
+    layers_path = "transformer.h"
+
+    def linear_specs(self):
+        return [
+            ("attn.c_attn", ("q", "k", "v"), "attn_in"),
+            ("attn.c_proj", ("o",), "attn_out"),
+            ("mlp.c_fc", ("fc1",), "mlp_in"),
+            ("mlp.c_proj", ("fc2",), "mlp_mid"),
+        ]
+
+    def is_transposed(self, module):
+        # transformers' Conv1D computes x @ W + b with W of shape (in, out).
+        return type(module).__name__ == "Conv1D"
+
+    def role_rows(self, local_name, module):
+        if local_name != "attn.c_attn":
+            return {}
+        width = self.hidden_size
+        return {role: torch.arange(i * width, (i + 1) * width) for i, role in enumerate(("q", "k", "v"))}
+
+    def norm_names(self):
+        return ("ln_1", "ln_2")
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.n_embd)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config.n_head)

@@ -1,0 +1,32 @@
+"""GPT-Neo (EleutherAI): separate q/k/v without bias, ``out_proj``, ``c_fc``/``c_proj`` MLP."""
+
+from __future__ import annotations
+
+from .base import Adapter
+
+
+class GPTNeoAdapter(Adapter):
+    family = "gpt_neo"
+    model_types = ("gpt_neo",)
+    layers_path = "transformer.h"
+
+    def linear_specs(self):
+        return [
+            ("attn.attention.q_proj", ("q",), "attn_in"),
+            ("attn.attention.k_proj", ("k",), "attn_in"),
+            ("attn.attention.v_proj", ("v",), "attn_in"),
+            ("attn.attention.out_proj", ("o",), "attn_out"),
+            ("mlp.c_fc", ("fc1",), "mlp_in"),
+            ("mlp.c_proj", ("fc2",), "mlp_mid"),
+        ]
+
+    def norm_names(self):
+        return ("ln_1", "ln_2")
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config.num_heads)
+
+    @property
+    def max_context(self) -> int:
+        return int(self.config.max_position_embeddings)

@@ -1,0 +1,25 @@
+"""Llama-like decoders: Llama 1-3, Mistral, Qwen2/Qwen3, SmolLM, TinyLlama (grouped-query attention)."""
+
+from __future__ import annotations
+
+from .base import Adapter
+
+
+class LlamaAdapter(Adapter):
+    family = "llama"
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
+    layers_path = "model.layers"
+
+    def linear_specs(self):
+        return [
+            ("self_attn.q_proj", ("q",), "attn_in"),
+            ("self_attn.k_proj", ("k",), "attn_in"),
+            ("self_attn.v_proj", ("v",), "attn_in"),
+            ("self_attn.o_proj", ("o",), "attn_out"),
+            ("mlp.gate_proj", ("gate",), "mlp_in"),
+            ("mlp.up_proj", ("up",), "mlp_in"),
+            ("mlp.down_proj", ("down",), "mlp_mid"),
+        ]
+
+    def norm_names(self):
+        return ("input_layernorm", "post_attention_layernorm")

@@ -1,0 +1,200 @@
+"""Loading a causal LM from a local Hugging Face directory, a GGUF file or (with internet) a hub id.
+
+GGUF checkpoints are dequantised by transformers on every load, which takes tens of seconds;
+prunekit converts each GGUF file once into a float Hugging Face directory under its cache
+(``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``) and loads that afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError, UnsupportedArchitectureError
+from .adapters import Adapter, adapter_class_for
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model with everything prunekit needs alongside it."""
+
+    model: nn.Module
+    tokenizer: Any
+    adapter: Adapter
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PRUNEKIT_CACHE") or Path.home() / ".cache" / "prunekit")
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` is float32 on CPU (bf16/fp16 matmuls are slow or inexact there) and bf16 on GPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype '{dtype}': choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device '{device}' requested but CUDA is not available on this machine")
+    return device
+
+
+def _looks_like_local_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1 or name.endswith(".gguf")
+
+
+def _gguf_cache_dir(gguf_path: Path) -> Path:
+    import transformers
+
+    stat = gguf_path.stat()
+    key = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_root() / "gguf" / f"{gguf_path.stem}-{digest}"
+
+
+def convert_gguf(model_dir: Path, gguf_file: str) -> Path:
+    """Dequantise ``model_dir/gguf_file`` once into a cached float HF directory; return that directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = model_dir / gguf_file
+    if not gguf_path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {gguf_path}")
+    target = _gguf_cache_dir(gguf_path)
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to a float checkpoint in %s (once)", gguf_path, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), gguf_file=gguf_file, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), gguf_file=gguf_file)
+        except ImportError as exc:
+            raise ModelLoadError(f"reading GGUF needs the 'gguf' package ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad file
+            raise ModelLoadError(f"cannot read GGUF file {gguf_path}: {exc}") from exc
+        # The weights are already dequantised floats; only the quantizer marker blocks saving them.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # another process may have won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _find_gguf(model_dir: Path) -> str | None:
+    if (model_dir / "config.json").is_file():
+        return None
+    ggufs = sorted(p.name for p in model_dir.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ggufs[0]
+    if len(ggufs) > 1:
+        raise ModelLoadError(f"{model_dir} holds several GGUF files ({', '.join(ggufs)}); choose one with --gguf-file")
+    raise ModelLoadError(f"{model_dir} is not a Hugging Face model directory (no config.json, no .gguf file)")
+
+
+def _check_config(config: Any, where: str) -> type[Adapter]:
+    adapter_cls = adapter_class_for(getattr(config, "model_type", "<unknown>"))
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        raise UnsupportedArchitectureError(
+            f"{where} is not a causal language model (architectures: {', '.join(archs)})"
+        )
+    return adapter_cls
+
+
+def load_model(
+    model: str | os.PathLike,
+    *,
+    gguf_file: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    num_layers: int | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, and pick the adapter for its family.
+
+    ``num_layers`` keeps only the first layers (used to measure how memory scales with depth).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    name = str(model)
+    started = time.perf_counter()
+    path = Path(name).expanduser()
+    source: dict[str, Any] = {"model": name, "gguf_file": gguf_file}
+    if path.is_dir():
+        gguf_file = gguf_file or _find_gguf(path)
+        load_from = convert_gguf(path, gguf_file) if gguf_file else path
+        source["gguf_file"] = gguf_file
+    elif path.exists():
+        raise ModelLoadError(f"{path} is a file; pass the model directory (and --gguf-file for a GGUF file)")
+    elif _looks_like_local_path(name) or gguf_file:
+        raise ModelLoadError(f"model directory not found: {path}")
+    else:
+        load_from = name  # a hub id: works where the Hugging Face Hub is reachable
+    source["resolved"] = str(load_from)
+
+    try:
+        config = AutoConfig.from_pretrained(str(load_from))
+    except Exception as exc:  # noqa: BLE001
+        if isinstance(load_from, str):
+            raise ModelLoadError(
+                f"'{name}' is not a local directory and could not be fetched from the Hugging Face Hub: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
+        raise ModelLoadError(f"cannot read the config of {load_from}: {exc}") from exc
+    adapter_cls = _check_config(config, name)
+    if num_layers is not None:
+        key = "num_hidden_layers" if hasattr(config, "num_hidden_layers") else "n_layer"
+        setattr(config, key, num_layers)
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(load_from), config=config, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(load_from))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load model from {load_from}: {exc}") from exc
+    hf_model.to(device)
+    hf_model.eval()
+    hf_model.config.use_cache = False
+    source.update(
+        {
+            "family": adapter_cls.family,
+            "model_type": config.model_type,
+            "dtype": str(torch_dtype).removeprefix("torch."),
+            "device": device,
+            "num_layers": len(adapter_cls(hf_model).decoder_layers()),
+            "load_seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return LoadedModel(model=hf_model, tokenizer=tokenizer, adapter=adapter_cls(hf_model), source=source)

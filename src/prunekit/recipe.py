@@ -1,0 +1,65 @@
+"""Recipes: an ordered list of steps, each a registered method with its target and options.
+
+The CLI's ``prunekit prune`` flags build a one-step recipe; the Python API takes the same
+:class:`Step`. Every step is validated (method, options, target, selection) before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ArgumentError
+from .methods import get_method
+from .sparsity import SparsityTarget
+
+
+@dataclass
+class CalibrationSettings:
+    """Where calibration windows come from (the spec's defaults: 128 C4 windows, seed 0)."""
+
+    corpus: str = "c4"
+    nsamples: int = 128
+    seqlen: int | None = None  # None: the model's context capped at 4096
+    seed: int = 0
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        if self.nsamples < 1:
+            raise ArgumentError(f"--nsamples must be at least 1 (got {self.nsamples})")
+        if self.seqlen is not None and self.seqlen < 2:
+            raise ArgumentError(f"--seqlen must be at least 2 (got {self.seqlen})")
+        if self.batch_size < 1:
+            raise ArgumentError(f"--calib-batch-size must be at least 1 (got {self.batch_size})")
+
+
+@dataclass
+class Step:
+    """One pruning step: ``method`` at ``sparsity`` or ``pattern`` on the selected roles/layers."""
+
+    method: str
+    sparsity: float | None = None
+    pattern: str | None = None
+    roles: str | list[str] | None = None
+    layers: str | list[int] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validated(self):
+        """``(method class, parsed options, target)``; raises before any work on bad input."""
+        method_cls = get_method(self.method)
+        options = method_cls.parse_options(dict(self.options))
+        target = SparsityTarget.parse(self.sparsity, self.pattern)
+        return method_cls, options, target
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value not in (None, {}, [])}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Step":
+        known = {"method", "sparsity", "pattern", "roles", "layers", "options"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ArgumentError(f"step has unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        if "method" not in data:
+            raise ArgumentError("step has no 'method'")
+        return cls(**data)
