@@ -104,11 +104,16 @@ def real_lm(real_model_dir):
     return prunekit.load(real_model_dir)
 
 
-@pytest.fixture
-def fresh_real_lm(real_lm):
-    """A private deep copy of the real model that a test may prune."""
+def fresh_copy(lm):
+    """A private deep copy of a loaded model that a test may prune."""
     from prunekit.models.adapters import adapter_for
     from prunekit.models.loading import LoadedModel
 
-    model = copy.deepcopy(real_lm.model)
-    return LoadedModel(model, real_lm.tokenizer, adapter_for(model), dict(real_lm.source))
+    model = copy.deepcopy(lm.model)
+    return LoadedModel(model, lm.tokenizer, adapter_for(model), dict(lm.source))
+
+
+@pytest.fixture
+def fresh_real_lm(real_lm):
+    """A private deep copy of the real model that a test may prune."""
+    return fresh_copy(real_lm)

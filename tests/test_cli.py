@@ -42,6 +42,8 @@ def test_prune_eval_check_roundtrip(tiny_model_dir, tmp_path, capsys):
     assert run_cli("eval", "--model", out, "--ppl", "wikitext2,ptb", "--max-windows", "1", "--eval-seqlen", "64",
                    "--json", eval_json, "--no-progress") == 0
     assert set(json.loads(eval_json.read_text())["ppl"]) == {"wikitext2", "ptb"}
+    assert run_cli("eval", "--model", out, "--check-sparsity", "--json", eval_json, "--no-progress") == 0
+    assert json.loads(eval_json.read_text())["nm"]["2:4"]["valid"]
 
 
 def test_out_exists_needs_overwrite(tiny_model_dir, tmp_path, capsys):
@@ -88,6 +90,8 @@ def test_missing_model_and_unsupported_architecture(tmp_path, capsys):
     cfg.save_pretrained(tmp_path / "classifier")
     assert run_cli("check", "--model", tmp_path / "classifier", "--no-progress") != 0
     assert "not a causal language model" in only_error_line(capsys)
+    assert run_cli("check", "--model", "some-org/some-model-that-is-not-here", "--no-progress") != 0
+    assert "not a local directory" in only_error_line(capsys)
     (tmp_path / "empty").mkdir()
     assert run_cli("check", "--model", tmp_path / "empty", "--no-progress") != 0
     assert "no config.json" in only_error_line(capsys)
@@ -107,6 +111,39 @@ def test_missing_and_short_data(tiny_model_dir, tmp_path, capsys):
     assert "longer than the model's context" in only_error_line(capsys)
     assert run_cli("eval", "--model", model, "--ppl", "wikitext2", "--max-windows", "0", "--no-progress") != 0
     assert "--max-windows" in only_error_line(capsys)
+
+
+def test_calibrated_prune_bad_data_and_nan(tiny_model_dir, tmp_path, capsys):
+    model = tiny_model_dir("llama")
+    out = tmp_path / "out"
+    short = tmp_path / "short.txt"
+    short.write_text("a few words only")
+    base = ["prune", "--model", model, "--method", "wanda", "--sparsity", "0.5", "--out", out, "--no-progress",
+            "--nsamples", "2", "--seqlen", "32"]
+    assert run_cli(*base, "--calib", short) != 0
+    assert "shorter than one window" in only_error_line(capsys)
+    assert run_cli(*base, "--calib", tmp_path / "absent.jsonl") != 0
+    assert "data file not found" in only_error_line(capsys)
+    assert run_cli(*base[:-2], "--seqlen", "100000") != 0
+    assert "longer than the model's context" in only_error_line(capsys)
+    assert run_cli(*base, "--group", "row") != 0
+    assert "has no option group" in only_error_line(capsys)
+    assert not out.exists()
+
+
+def test_nan_activations_name_the_layer(tiny_model_dir, data_root):
+    import torch
+
+    import prunekit
+    from prunekit.errors import NumericalError
+    from prunekit.recipe import CalibrationSettings
+
+    lm = prunekit.load(tiny_model_dir("llama"))
+    with torch.no_grad():
+        lm.adapter.linears(1)[3].weight[0, 0] = float("nan")  # o_proj of layer 1 -> NaN MLP inputs
+    with pytest.raises(NumericalError, match="layer 1.*not finite"):
+        prunekit.prune(lm, "sparsegpt", sparsity=0.5, progress=False,
+                       calibration=CalibrationSettings(nsamples=2, seqlen=16, batch_size=2))
 
 
 def test_interrupt_inside_a_run_leaves_nothing(tiny_model_dir, tmp_path, capsys, monkeypatch):

@@ -82,8 +82,9 @@ def prune(
     data_seconds = time.perf_counter() - started
 
     results = layerwise(
-        loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, views_for=views_for,
-        layers=layer_ids, batch_size=calibration.batch_size, progress=progress,
+        loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, collect_upfront=pruner.collect_upfront,
+        views_for=views_for,
+        layers=layer_ids, batch_size=calibration.batch_size, stats_dtype=pruner.stats_dtype, progress=progress,
     )
     modules: dict[str, dict] = {}
     layer_reports = []

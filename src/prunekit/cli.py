@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate perplexity")
     _add_model_args(evaluate)
     _add_eval_args(evaluate, "--ppl")
+    evaluate.add_argument("--check-sparsity", type=_csv, nargs="?", const=["2:4", "4:8"], metavar="PATTERNS",
+                          help="also report per-module sparsity and N:M validity (default patterns 2:4,4:8)")
     evaluate.add_argument("--json", help="write the results to this JSON file")
 
     check = sub.add_parser("check", help="report per-module sparsity and N:M validity")
@@ -160,23 +162,33 @@ def _print_ppl(evaluation: dict | None) -> None:
 
 def cmd_eval(args) -> int:
     _validate_eval_args(args)
-    if not args.ppl:
-        raise ArgumentError("nothing to evaluate: give --ppl wikitext2[,ptb,c4]")
+    if not args.ppl and not args.check_sparsity:
+        raise ArgumentError("nothing to evaluate: give --ppl wikitext2[,ptb,c4] and/or --check-sparsity")
     lm = _load(args)
-    evaluation = _evaluate(lm, args, args.ppl)
-    _print_ppl(evaluation)
+    results: dict = {"model": lm.source}
+    if args.check_sparsity:
+        results.update(_check(lm, args.check_sparsity))
+    if args.ppl:
+        evaluation = _evaluate(lm, args, args.ppl)
+        _print_ppl(evaluation)
+        results.update(evaluation)
     if args.json:
-        write_json(Path(args.json), {"model": lm.source, **evaluation})
+        write_json(Path(args.json), results)
     return 0
 
 
-def cmd_check(args) -> int:
-    lm = _load(args)
-    report = api.check_sparsity(lm, args.pattern)
+def _check(lm, patterns: list[str]) -> dict:
+    report = api.check_sparsity(lm, patterns)
     print(f"overall sparsity of decoder linears: {report['sparsity']['overall']:.4f}")
     for pattern, verdict in report["nm"].items():
         print(f"{pattern}: {'valid' if verdict['valid'] else 'not valid'}"
               + ("" if verdict["valid"] else f" ({len(verdict['invalid_modules'])} modules violate it)"))
+    return report
+
+
+def cmd_check(args) -> int:
+    lm = _load(args)
+    report = _check(lm, args.pattern)
     if args.json:
         write_json(Path(args.json), {"model": lm.source, **report})
     return 0
@@ -213,6 +225,7 @@ def _quiet_libraries(progress: bool) -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     if not progress:
         transformers.utils.logging.disable_progress_bar()
 

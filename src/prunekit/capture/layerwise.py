@@ -30,12 +30,19 @@ class _StopForward(Exception):
 
 @dataclass
 class LayerContext:
-    """What a method sees of one decoder layer."""
+    """What a method sees of one decoder layer.
+
+    ``recollect(views)`` re-runs the layer, as it is *now*, over its calibration inputs and
+    replaces the statistics of those views' input groups — what a true-sequential method calls
+    after pruning the maps that feed them (q/k/v before o, gate/up before down).
+    """
 
     index: int
     layer: torch.nn.Module
     views: list[LinearView]
     stats: dict[str, InputStatistics] = field(default_factory=dict)
+    recollect: Callable[[list[LinearView]], dict[str, InputStatistics]] | None = None
+    adapter: Any = None
 
     def stats_for(self, view: LinearView) -> InputStatistics:
         return self.stats[view.input_group]
@@ -96,6 +103,7 @@ def layerwise(
     *,
     calib_ids: torch.Tensor | None,
     needs: frozenset[str] = frozenset(),
+    collect_upfront: bool = True,
     views_for: Callable[[int], list[LinearView]] | None = None,
     layers: Iterable[int] | None = None,
     batch_size: int = 8,
@@ -106,7 +114,8 @@ def layerwise(
 
     Without calibration data (``calib_ids is None``) the walk is data-free. With data, every
     layer up to the last selected one is run to propagate inputs; the statistics in ``needs`` are
-    collected for the selected layers only.
+    collected for the selected layers only — in one pass through the still-dense layer
+    (``collect_upfront``), or by the method itself through ``ctx.recollect``.
     """
     adapter = loaded.adapter
     total = adapter.num_layers()
@@ -118,7 +127,7 @@ def layerwise(
     if calib_ids is None:
         for index in selected:
             started = time.perf_counter()
-            ctx = LayerContext(index, adapter.decoder_layers()[index], views_for(index))
+            ctx = LayerContext(index, adapter.decoder_layers()[index], views_for(index), adapter=adapter)
             results.append((index, on_layer(ctx), time.perf_counter() - started))
             bar.update(1)
         bar.close()
@@ -132,12 +141,20 @@ def layerwise(
         started = time.perf_counter()
         if index in selected:
             views = views_for(index)
-            with collect_statistics(views, needs, stats_dtype) as stats:
-                if needs:
-                    _run_layer(layer, inputs, None, batch_size)
-            for entry in stats.values():
-                entry.check_finite(f"layer {index}")
-            result = on_layer(LayerContext(index, layer, views, stats))
+
+            def recollect(subset: list[LinearView], layer=layer, index=index) -> dict[str, InputStatistics]:
+                with collect_statistics(subset, needs, stats_dtype) as fresh:
+                    if needs and subset:
+                        _run_layer(layer, inputs, None, batch_size)
+                for entry in fresh.values():
+                    entry.check_finite(f"layer {index}")
+                ctx.stats.update(fresh)
+                return fresh
+
+            ctx = LayerContext(index, layer, views, {}, recollect, adapter)
+            if collect_upfront:
+                recollect(views)
+            result = on_layer(ctx)
         if index < last:
             _run_layer(layer, inputs, outputs, batch_size)
             inputs.hidden, outputs = outputs, inputs.hidden

@@ -3,12 +3,15 @@
 A method is one registered class: it declares what it consumes (``needs``: calibration
 statistics, or nothing for data-free methods), its own options as a dataclass (which the CLI
 turns into flags and the Python API into keyword arguments), and prunes one decoder layer at a
-time through :meth:`Method.prune_layer`, seeing the model only through adapter views.
+time, seeing the model only through adapter views. Most methods implement :meth:`prune_view`
+(one linear map -> a mask and optionally an updated weight); the base class applies it and
+reports sparsity, reconstruction error on the calibration inputs, and seconds per module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,7 +21,7 @@ from ..capture.layerwise import LayerContext
 from ..errors import ArgumentError
 from ..models.adapters.base import LinearView
 from ..sparsity import SparsityTarget
-from ..surgery import apply_mask
+from ..surgery import apply_mask, reconstruction_error
 
 _REGISTRY: dict[str, type["Method"]] = {}
 
@@ -26,6 +29,15 @@ _REGISTRY: dict[str, type["Method"]] = {}
 @dataclass
 class NoOptions:
     """Methods without options of their own."""
+
+
+@dataclass
+class ViewResult:
+    """What a method decided for one linear map: the prune mask, and new weights if it updates them."""
+
+    mask: torch.Tensor
+    weight: torch.Tensor | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 class Method:
@@ -40,9 +52,19 @@ class Method:
         self.target = target
         self.options = options if options is not None else self.Options()
 
+    @property
+    def collect_upfront(self) -> bool:
+        """False for true-sequential methods, which call ``ctx.recollect`` group by group."""
+        return True
+
+    @property
+    def stats_dtype(self) -> torch.dtype:
+        """The dtype the calibration statistics accumulate in."""
+        return torch.float32
+
     @classmethod
     def parse_options(cls, values: dict[str, Any]) -> Any:
-        """Build the options dataclass from keyword values, rejecting unknown names."""
+        """Build the options dataclass from keyword values, rejecting unknown names and bad choices."""
         known = {f.name: f for f in dataclasses.fields(cls.Options)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -51,19 +73,39 @@ class Method:
         for key, value in values.items():
             choices = known[key].metadata.get("choices")
             if choices and value not in choices:
-                raise ArgumentError(f"--{key.replace('_', '-')} must be one of {', '.join(choices)}, got '{value}'")
-        return cls.Options(**values)
+                raise ArgumentError(f"--{key.replace('_', '-')} must be one of {', '.join(map(str, choices))}, got '{value}'")
+        options = cls.Options(**values)
+        cls.validate_options(options)
+        return options
+
+    @classmethod
+    def validate_options(cls, options: Any) -> None:
+        """Range checks of a method's own options (raise :class:`ArgumentError`)."""
 
     def prune_layer(self, ctx: LayerContext) -> dict[str, dict]:
         """Prune the views of one layer in place; return a report per module name."""
+        return self.prune_views(ctx, ctx.views)
+
+    def prune_views(self, ctx: LayerContext, views: list[LinearView]) -> dict[str, dict]:
+        """Prune ``views`` of the layer in ``ctx`` with the statistics it holds now."""
         reports = {}
-        for view in ctx.views:
-            mask = self.prune_mask(view, ctx)
-            reports[view.name] = apply_mask(view, mask)
+        for view in views:
+            started = time.perf_counter()
+            stats = ctx.stats.get(view.input_group)
+            original = view.weight.detach().float().clone() if stats is not None and stats.gram is not None else None
+            result = self.prune_view(view, ctx)
+            if result.weight is not None:
+                view.set_weight(result.weight)
+            report = apply_mask(view, result.mask)
+            if original is not None:
+                report["recon_error"] = reconstruction_error(original, view.weight.float(), stats.gram)
+            report.update(result.extra)
+            report["seconds"] = round(time.perf_counter() - started, 4)
+            reports[view.name] = report
         return reports
 
-    def prune_mask(self, view: LinearView, ctx: LayerContext) -> torch.Tensor:
-        """The boolean mask of weights to remove from ``view`` (``True`` = pruned)."""
+    def prune_view(self, view: LinearView, ctx: LayerContext) -> ViewResult:
+        """Decide the mask (and optionally new weights) of one linear map."""
         raise NotImplementedError
 
 

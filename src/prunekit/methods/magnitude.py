@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..sparsity import select_mask
-from .base import Method, register
+from .base import Method, ViewResult, register
 
 
 @dataclass
@@ -14,7 +14,7 @@ class MagnitudeOptions:
         default="matrix",
         metadata={"choices": ("matrix", "row"),
                   "help": "comparison group for unstructured sparsity: one threshold per matrix (the "
-                          "SparseGPT/Wanda baseline) or per output row"},
+                          "magnitude and RIA default) or per output row"},
     )
 
 
@@ -24,5 +24,5 @@ class Magnitude(Method):
     summary = "smallest |W| per matrix (or per row); N:M keeps the N largest of every M inputs"
     Options = MagnitudeOptions
 
-    def prune_mask(self, view, ctx):
-        return select_mask(view.weight.abs().float(), self.target, per_row=self.options.group == "row")
+    def prune_view(self, view, ctx):
+        return ViewResult(select_mask(view.weight.abs().float(), self.target, per_row=self.options.group == "row"))

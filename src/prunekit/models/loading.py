@@ -11,10 +11,12 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -64,6 +66,18 @@ def resolve_device(device: str) -> str:
 
 def _looks_like_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1 or name.endswith(".gguf")
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why the Hugging Face Hub cannot be reached, decided at once (offline mode or no DNS)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        return f"cannot resolve {host} ({exc.strerror or exc})"
+    return None
 
 
 def _gguf_cache_dir(gguf_path: Path) -> Path:
@@ -155,11 +169,18 @@ def load_model(
         gguf_file = gguf_file or _find_gguf(path)
         load_from = convert_gguf(path, gguf_file) if gguf_file else path
         source["gguf_file"] = gguf_file
+    elif path.is_file() and path.suffix == ".gguf" and not gguf_file:
+        gguf_file = path.name
+        load_from = convert_gguf(path.parent, gguf_file)
+        source["gguf_file"] = gguf_file
     elif path.exists():
-        raise ModelLoadError(f"{path} is a file; pass the model directory (and --gguf-file for a GGUF file)")
+        raise ModelLoadError(f"{path} is not a model directory or a .gguf file")
     elif _looks_like_local_path(name) or gguf_file:
         raise ModelLoadError(f"model directory not found: {path}")
     else:
+        reason = _hub_unreachable_reason()
+        if reason:
+            raise ModelLoadError(f"'{name}' is not a local directory, and the Hugging Face Hub is unreachable: {reason}")
         load_from = name  # a hub id: works where the Hugging Face Hub is reachable
     source["resolved"] = str(load_from)
 

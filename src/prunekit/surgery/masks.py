@@ -1,4 +1,4 @@
-"""Zeroing weights by mask, in place, in the module's own layout and dtype."""
+"""Zeroing weights by mask, in place, and measuring what the change costs on calibration inputs."""
 
 from __future__ import annotations
 
@@ -13,3 +13,18 @@ def apply_mask(view: LinearView, mask: torch.Tensor) -> dict:
     weight = view.weight
     weight.masked_fill_(mask.to(weight.device), 0)
     return {"sparsity": float(mask.sum()) / mask.numel(), "shape": list(weight.shape)}
+
+
+@torch.no_grad()
+def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor, gram: torch.Tensor) -> float:
+    """``||W X − Ŵ X||² / ||W X||²`` from the Gram matrix ``G = X Xᵀ`` (no raw inputs needed).
+
+    ``||A X||² = tr(A G Aᵀ) = sum((A G) ∘ A)``, accumulated in float64 for a stable ratio.
+    """
+    g = gram.to(torch.float64)
+    w = original.to(device=g.device, dtype=torch.float64)
+    delta = w - pruned.to(device=g.device, dtype=torch.float64)
+    denominator = float(((w @ g) * w).sum())
+    if denominator <= 0:
+        return 0.0
+    return float(((delta @ g) * delta).sum()) / denominator

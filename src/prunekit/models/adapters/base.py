@@ -70,6 +70,9 @@ class Adapter:
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
     layers_path: ClassVar[str] = ""
+    # input group -> local names of the maps whose output rows *are* that input's channels, for
+    # groups whose channels may be permuted without changing the function (the MLP intermediate).
+    channel_producers: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -111,6 +114,13 @@ class Adapter:
                 )
             )
         return views
+
+    def producers_of(self, index: int, input_group: str) -> list[LinearView] | None:
+        """The maps producing ``input_group``'s channels in layer ``index`` (None if not permutable)."""
+        names = self.channel_producers.get(input_group)
+        if not names:
+            return None
+        return [view for view in self.linears(index) if view.local_name in names]
 
     def roles(self) -> tuple[str, ...]:
         """Every role this family names, in data-flow order."""

@@ -9,6 +9,7 @@ class GPTNeoAdapter(Adapter):
     family = "gpt_neo"
     model_types = ("gpt_neo",)
     layers_path = "transformer.h"
+    channel_producers = {"mlp_mid": ("mlp.c_fc",)}
 
     def linear_specs(self):
         return [

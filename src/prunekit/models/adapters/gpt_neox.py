@@ -11,6 +11,7 @@ class GPTNeoXAdapter(Adapter):
     family = "gpt_neox"
     model_types = ("gpt_neox",)
     layers_path = "gpt_neox.layers"
+    channel_producers = {"mlp_mid": ("mlp.dense_h_to_4h",)}
 
     def linear_specs(self):
         return [

@@ -9,6 +9,7 @@ class LlamaAdapter(Adapter):
     family = "llama"
     model_types = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
     layers_path = "model.layers"
+    channel_producers = {"mlp_mid": ("mlp.gate_proj", "mlp.up_proj")}
 
     def linear_specs(self):
         return [

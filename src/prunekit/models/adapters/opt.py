@@ -9,6 +9,7 @@ class OPTAdapter(Adapter):
     family = "opt"
     model_types = ("opt",)
     layers_path = "model.decoder.layers"
+    channel_producers = {"mlp_mid": ("fc1",)}
 
     def linear_specs(self):
         return [
