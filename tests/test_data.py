@@ -100,3 +100,29 @@ def test_missing_and_unknown(tokenizer, tmp_path):
     bad.write_text('{"body": "x"}\n')
     with pytest.raises(DataError, match="no 'text' field"):
         evaluation_windows(tokenizer, str(bad), seqlen=8, data_root=None)
+
+
+def test_hub_fallback_uses_datasets(monkeypatch, tmp_path):
+    """A corpus missing from the data root is fetched with datasets.load_dataset when installed."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("datasets")
+
+    def load_dataset(path, config, split):
+        calls.append((path, config, split))
+        return {"text": ["first row", "second row"]}
+
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    docs = load_documents("wikitext2", "train", tmp_path)
+    assert calls == [("wikitext", "wikitext-2-raw-v1", "train")]
+    assert docs.docs == ["first row", "second row"] and docs.provenance["source"] == "hub"
+
+    def offline(path, config, split):
+        raise ConnectionError("no route to the hub\nmore detail")
+
+    fake.load_dataset = offline
+    with pytest.raises(DataError, match="expected .*train.jsonl, and the hub fallback failed: no route to the hub"):
+        load_documents("wikitext2", "train", tmp_path)

@@ -72,6 +72,7 @@ def prune(
     started = time.perf_counter()
     calib_ids = None
     calib_record = None
+    batch_size = 1
     if pruner.needs:
         seqlen = _check_seqlen(loaded, calibration.seqlen or default_seqlen(loaded))
         windows = calibration_windows(
@@ -79,12 +80,14 @@ def prune(
             seed=calibration.seed, data_root=resolve_data_root(data_root),
         )
         calib_ids, calib_record = windows.ids, windows.provenance
+        batch_size = calibration.batch_for(seqlen)
+        calib_record["batch_size"] = batch_size
     data_seconds = time.perf_counter() - started
 
     results = layerwise(
         loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, collect_upfront=pruner.collect_upfront,
         views_for=views_for,
-        layers=layer_ids, batch_size=calibration.batch_size, stats_dtype=pruner.stats_dtype, progress=progress,
+        layers=layer_ids, batch_size=batch_size, stats_dtype=pruner.stats_dtype, progress=progress,
     )
     modules: dict[str, dict] = {}
     layer_reports = []

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     calib.add_argument("--seqlen", type=int, help="calibration window length (default: model context capped at 4096)")
     calib.add_argument("--seed", type=int, default=0, help="seed of the window sampler (default 0)")
-    calib.add_argument("--calib-batch-size", type=int, default=8, help="windows per layer forward (default 8)")
+    calib.add_argument("--calib-batch-size", type=int,
+                       help="windows per layer forward (default: 4096 tokens per forward)")
     _add_method_options(prune)
     out = prune.add_argument_group("output")
     out.add_argument("--out", required=True, help="output directory (written atomically)")

@@ -22,14 +22,17 @@ class CalibrationSettings:
     nsamples: int = 128
     seqlen: int | None = None  # None: the model's context capped at 4096
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int | None = None  # None: 4096 tokens per layer forward (attention scores grow with seqlen²)
+
+    def batch_for(self, seqlen: int) -> int:
+        return self.batch_size or max(1, 4096 // seqlen)
 
     def validate(self) -> None:
         if self.nsamples < 1:
             raise ArgumentError(f"--nsamples must be at least 1 (got {self.nsamples})")
         if self.seqlen is not None and self.seqlen < 2:
             raise ArgumentError(f"--seqlen must be at least 2 (got {self.seqlen})")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ArgumentError(f"--calib-batch-size must be at least 1 (got {self.batch_size})")
 
 

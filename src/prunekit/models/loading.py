@@ -65,7 +65,8 @@ def resolve_device(device: str) -> str:
 
 
 def _looks_like_local_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1 or name.endswith(".gguf")
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a path on this machine."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf")
 
 
 def _hub_unreachable_reason() -> str | None:

@@ -23,7 +23,3 @@ class OPTAdapter(Adapter):
 
     def norm_names(self):
         return ("self_attn_layer_norm", "final_layer_norm")
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.config.hidden_size)

@@ -1,0 +1,118 @@
+"""Dense vs magnitude, Wanda, SparseGPT, RIA at 50% unstructured and 2:4: full-set perplexity.
+
+Each state runs in its own process: load, reset the kernel's resident high-water mark, prune
+(wall time and peak RSS of the prune are recorded), then evaluate WikiText-2 and PTB on the full
+test sets. Results are stored after every state, and finished states are skipped on the next run,
+so the table can be completed over several runs.
+
+Run:  python benchmarks/unstructured.py [--nsamples 128] [--calib-seqlen 512] [--states wanda:0.5,...]
+Writes benchmarks/results/unstructured.json and unstructured.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import RESULTS, SHARED_MODELS, load_results, markdown_table, store_results
+
+METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "ria")
+TARGETS = {"50%": {"sparsity": 0.5}, "2:4": {"pattern": "2:4"}}
+DATASETS = ("wikitext2", "ptb")
+
+
+def _hwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_state(model_dir: str, method: str, target: str, nsamples: int, calib_seqlen: int, datasets: list[str]) -> dict:
+    import prunekit
+    from prunekit.recipe import CalibrationSettings
+
+    lm = prunekit.load(model_dir)
+    out: dict = {"method": method, "target": target}
+    if method != "dense":
+        Path("/proc/self/clear_refs").write_text("5")
+        started = time.perf_counter()
+        record = prunekit.prune(lm, method, calibration=CalibrationSettings(nsamples=nsamples, seqlen=calib_seqlen),
+                                progress=False, **TARGETS[target])
+        out.update({"prune_seconds": round(time.perf_counter() - started, 1), "prune_peak_rss_mb": round(_hwm_mb(), 1),
+                    "sparsity": record["sparsity"]["overall"], "calibration": record["calibration"],
+                    "mean_recon_error": _mean_error(record)})
+        check = prunekit.check_sparsity(lm, ["2:4"])
+        out["nm_valid"] = check["nm"]["2:4"]["valid"]
+    evaluation = prunekit.evaluate_perplexity(lm, datasets, progress=False)
+    out["ppl"] = evaluation["ppl"]
+    out["eval"] = {d: {k: evaluation["eval"][d][k] for k in ("windows", "seqlen", "seconds")} for d in datasets}
+    return out
+
+
+def _mean_error(record: dict) -> float | None:
+    errors = [m["recon_error"] for layer in record["layers"] for m in layer["modules"].values() if "recon_error" in m]
+    return sum(errors) / len(errors) if errors else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--nsamples", type=int, default=128)
+    parser.add_argument("--calib-seqlen", type=int, default=512)
+    parser.add_argument("--states", help="comma list of method:target (default: all)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        model_dir, method, target = args.child
+        print(json.dumps(run_state(model_dir, method, target, args.nsamples, args.calib_seqlen, list(DATASETS))))
+        return
+    states = [("dense", "-")] + [(m, t) for m in METHODS[1:] for t in TARGETS]
+    if args.states:
+        wanted = set(args.states.split(","))
+        states = [s for s in states if f"{s[0]}:{s[1]}" in wanted or s[0] in wanted]
+    path = RESULTS / "unstructured.json"
+    results = load_results(path)
+    for name, model_dir in SHARED_MODELS.items():
+        for method, target in states:
+            key = f"{name}|{method}|{target}|calib{args.nsamples}x{args.calib_seqlen}"
+            if method == "dense":
+                key = f"{name}|dense|-"
+            if key in results:
+                continue
+            started = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "--nsamples", str(args.nsamples), "--calib-seqlen",
+                                   str(args.calib_seqlen), "--child", str(model_dir), method, target],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                print(proc.stderr[-2000:], file=sys.stderr)
+                raise SystemExit(f"{key} failed")
+            results[key] = {"model": name, **json.loads(proc.stdout.strip().splitlines()[-1]),
+                            "wall_seconds": round(time.perf_counter() - started, 1)}
+            store_results(path, results)
+            print(key, results[key]["ppl"], flush=True)
+    write_table(results)
+
+
+def write_table(results: dict) -> None:
+    rows = []
+    for r in results.values():
+        rows.append([r["model"], r["method"], r["target"]] + [f"{r['ppl'][d]:.2f}" for d in DATASETS]
+                    + [f"{r['prune_seconds']:.0f}" if "prune_seconds" in r else "–",
+                       f"{r['prune_peak_rss_mb']:.0f}" if "prune_peak_rss_mb" in r else "–",
+                       f"{r['mean_recon_error']:.4f}" if r.get("mean_recon_error") is not None else "–"])
+    calib = {f"{r['calibration']['nsamples']}x{r['calibration']['seqlen']}" for r in results.values() if r.get("calibration")}
+    windows = {f"{d} {r['eval'][d]['windows']}x{r['eval'][d]['seqlen']}" for r in results.values() for d in DATASETS}
+    table = markdown_table(["model", "method", "target", "wikitext2 ppl", "ptb ppl", "prune s", "prune peak RSS MB",
+                            "mean recon error"], rows)
+    note = (f"Calibration: C4 windows {', '.join(sorted(calib))} (seed 0). Evaluation windows: {', '.join(sorted(windows))}. "
+            "Generated by `python benchmarks/unstructured.py`.\n")
+    (RESULTS / "unstructured.md").write_text(table + "\n" + note)
+    print(table + "\n" + note)
+
+
+if __name__ == "__main__":
+    main()
