@@ -24,6 +24,7 @@ from .io import peak_rss_mb, save_model, versions
 from .models.loading import LoadedModel, load_model
 from .recipe import CalibrationSettings, Step
 from .selection import parse_layers, parse_roles, view_selector
+from .surgery import remove_layers
 from .sparsity import check_nm, parse_pattern, validate_nm_width, zero_fraction
 
 MAX_DEFAULT_SEQLEN = 4096
@@ -64,11 +65,15 @@ def prune(
     calibration = calibration or CalibrationSettings()
     calibration.validate()
     adapter = loaded.adapter
-    layer_ids = parse_layers(step.layers, adapter.num_layers())
-    views_for = view_selector(adapter, parse_roles(step.roles, adapter))
-    validate_nm_width(target, {v.name: v.in_features for i in layer_ids for v in views_for(i)})
+    if method_cls.kind == "depth":
+        explicit = parse_layers(step.layers, adapter.num_layers()) if step.layers is not None else None
+        pruner = method_cls(target, parsed_options, explicit_layers=explicit)
+    else:
+        layer_ids = parse_layers(step.layers, adapter.num_layers())
+        views_for = view_selector(adapter, parse_roles(step.roles, adapter))
+        validate_nm_width(target, {v.name: v.in_features for i in layer_ids for v in views_for(i)})
+        pruner = method_cls(target, parsed_options)
 
-    pruner = method_cls(target, parsed_options)
     started = time.perf_counter()
     calib_ids = None
     calib_record = None
@@ -76,13 +81,25 @@ def prune(
     if pruner.needs:
         seqlen = _check_seqlen(loaded, calibration.seqlen or default_seqlen(loaded))
         windows = calibration_windows(
-            loaded.tokenizer, calibration.corpus, nsamples=calibration.nsamples, seqlen=seqlen,
-            seed=calibration.seed, data_root=resolve_data_root(data_root),
+            loaded.tokenizer, calibration.corpus or method_cls.default_calib, nsamples=calibration.nsamples,
+            seqlen=seqlen, seed=calibration.seed, data_root=resolve_data_root(data_root),
         )
         calib_ids, calib_record = windows.ids, windows.provenance
         batch_size = calibration.batch_for(seqlen)
         calib_record["batch_size"] = batch_size
     data_seconds = time.perf_counter() - started
+    timings = {"calibration_data": round(data_seconds, 3)}
+
+    if method_cls.kind == "depth":
+        params_before = _param_count(loaded)
+        plan = pruner.plan(loaded, calib_ids, batch_size=batch_size, progress=progress)
+        kept = remove_layers(adapter, plan["remove"])
+        plan.update({"kept": kept, "layers_after": adapter.num_layers(), "params_before": params_before,
+                     "params_after": _param_count(loaded)})
+        timings["prune"] = round(time.perf_counter() - started - data_seconds, 3)
+        return {"step": {"method": method_cls.name, "options": vars(parsed_options), "layers": step.layers},
+                "calibration": calib_record, "depth": plan, "sparsity": {}, "layers": [], "timings": timings,
+                "peak_rss_mb": peak_rss_mb()}
 
     results = layerwise(
         loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, collect_upfront=pruner.collect_upfront,
@@ -96,6 +113,7 @@ def prune(
         layer_reports.append({"index": index, "seconds": round(seconds, 3), "modules": reports})
     total = sum(_numel(r) for r in modules.values())
     removed = sum(r["sparsity"] * _numel(r) for r in modules.values())
+    timings["prune"] = round(time.perf_counter() - started - data_seconds, 3)
     return {
         "step": {"method": method_cls.name, **target.to_dict(), "roles": list(parse_roles(step.roles, adapter)),
                  "layers": layer_ids, "options": vars(parsed_options)},
@@ -103,9 +121,13 @@ def prune(
         "sparsity": {"overall": removed / total if total else 0.0,
                      "layers": {name: r["sparsity"] for name, r in modules.items()}},
         "layers": layer_reports,
-        "timings": {"calibration_data": round(data_seconds, 3), "prune": round(time.perf_counter() - started - data_seconds, 3)},
+        "timings": timings,
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def _param_count(loaded: LoadedModel) -> int:
+    return sum(p.numel() for p in loaded.model.parameters())
 
 
 def _numel(report: dict) -> int:
@@ -188,3 +210,18 @@ def build_record(loaded: LoadedModel, steps: list[dict], evaluation: dict | None
 def save(loaded: LoadedModel, out: str | os.PathLike, *, record: dict, overwrite: bool = False) -> Path:
     """Write ``loaded`` as a plain HF directory with ``prunekit.json``, atomically."""
     return save_model(loaded.model, loaded.tokenizer, out, record, overwrite=overwrite)
+
+
+def block_influence(loaded: LoadedModel, calibration: CalibrationSettings | None = None, *,
+                    data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Block Influence per decoder layer of the (dense) model on calibration text (default PG19)."""
+    from .capture import layer_io_statistics
+
+    calibration = calibration or CalibrationSettings()
+    calibration.validate()
+    seqlen = _check_seqlen(loaded, calibration.seqlen or default_seqlen(loaded))
+    windows = calibration_windows(loaded.tokenizer, calibration.corpus or "pg19", nsamples=calibration.nsamples,
+                                  seqlen=seqlen, seed=calibration.seed, data_root=resolve_data_root(data_root))
+    stats = layer_io_statistics(loaded, windows.ids, batch_size=calibration.batch_for(seqlen), progress=progress)
+    bi = stats["bi"].tolist()
+    return {"bi": bi, "order": sorted(range(len(bi)), key=lambda i: (bi[i], i)), "calibration": windows.provenance}

@@ -18,7 +18,7 @@ from typing import Sequence
 from . import api
 from .data import PROTOCOLS
 from .errors import ArgumentError, PrunekitError
-from .io import check_output_path, write_json
+from .io import atomic_directory, check_output_path, write_json
 from .methods import available_methods
 from .recipe import CalibrationSettings, Step
 
@@ -62,10 +62,11 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method options (see `prunekit methods`)")
     for name, f in seen.items():
         kwargs: dict = {"dest": f"opt_{name}", "default": argparse.SUPPRESS, "help": f.metadata.get("help")}
-        if f.type in (bool, "bool"):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if kind == "bool":
             kwargs["action"] = "store_true"
         else:
-            kwargs["type"] = {"int": int, "float": float}.get(str(f.type), str) if isinstance(f.type, str) else f.type
+            kwargs["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
         group.add_argument(_option_flag(name), **kwargs)
@@ -83,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--sparsity", type=float, help="unstructured sparsity in [0, 1)")
     target.add_argument("--pattern", help="N:M semi-structured pattern, e.g. 2:4")
     target.add_argument("--roles", help="comma-separated roles to prune (default: all linears of every layer)")
-    target.add_argument("--layers", help="layer indices to prune, e.g. 0-5,7 (default: all)")
+    target.add_argument("--layers", help="layer indices to prune, e.g. 0-5,7 (default: all); for depth methods "
+                                         "the layers to remove")
     calib = prune.add_argument_group("calibration")
-    calib.add_argument("--calib", default="c4", help="calibration corpus (c4, wikitext2, ptb, pg19, name:split, or a path)")
+    calib.add_argument("--calib", help="calibration corpus: c4, wikitext2, ptb, pg19, name:split, or a path "
+                                        "(default: c4; pg19 for depth methods)")
     calib.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     calib.add_argument("--seqlen", type=int, help="calibration window length (default: model context capped at 4096)")
     calib.add_argument("--seed", type=int, default=0, help="seed of the window sampler (default 0)")
@@ -108,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(check)
     check.add_argument("--pattern", type=_csv, default=["2:4", "4:8"], help="N:M patterns to verify (default 2:4,4:8)")
     check.add_argument("--json", help="write the results to this JSON file")
+
+    analyze = sub.add_parser("analyze", help="measure a property of a dense model (bi: Block Influence per layer)")
+    _add_model_args(analyze)
+    analyze.add_argument("--what", required=True, choices=("bi",), help="bi: Block Influence per decoder layer")
+    analyze.add_argument("--calib", help="calibration corpus (default pg19)")
+    analyze.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    analyze.add_argument("--seqlen", type=int, help="window length (default: model context capped at 4096)")
+    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--out", help="folder for bi.json and bi.png (written atomically)")
+    analyze.add_argument("--overwrite", action="store_true")
 
     sub.add_parser("methods", help="list the registered methods and their options")
     return parser
@@ -149,8 +162,13 @@ def cmd_prune(args) -> int:
     timings = {"eval": round(time.perf_counter() - started, 3)} if evaluation else {}
     record = api.build_record(lm, [result], evaluation, timings)
     path = api.save(lm, args.out, record=record, overwrite=args.overwrite)
-    print(f"pruned {args.model} with {step.method} ({result['step'].get('pattern') or result['step'].get('sparsity')}):"
-          f" overall sparsity {result['sparsity']['overall']:.4f} -> {path}")
+    if "depth" in result:
+        depth = result["depth"]
+        print(f"pruned {args.model} with {step.method} ({depth['metric']}): removed layers {depth['remove']} "
+              f"({depth['layers_before']} -> {depth['layers_after']}) -> {path}")
+    else:
+        print(f"pruned {args.model} with {step.method} ({result['step'].get('pattern') or result['step'].get('sparsity')}):"
+              f" overall sparsity {result['sparsity']['overall']:.4f} -> {path}")
     _print_ppl(evaluation)
     return 0
 
@@ -204,7 +222,29 @@ def cmd_methods(_args) -> int:
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
+def cmd_analyze(args) -> int:
+    from .report import bar_plot
+
+    calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed)
+    calibration.validate()
+    if args.out:
+        check_output_path(args.out, args.overwrite)
+    lm = _load(args)
+    result = api.block_influence(lm, calibration, data_root=args.data_root, progress=not args.no_progress)
+    print("layer  BI")
+    for index, value in enumerate(result["bi"]):
+        print(f"{index:5d}  {value:.5f}")
+    print("ascending BI (removal order):", " ".join(map(str, result["order"])))
+    if args.out:
+        with atomic_directory(args.out, args.overwrite) as tmp:
+            write_json(tmp / "bi.json", {"model": lm.source, **result})
+            bar_plot(result["bi"], tmp / "bi.png", title=f"Block Influence — {Path(args.model).name}",
+                     xlabel="decoder layer", ylabel="BI = 1 − mean cos(x_i, x_i+1)")
+        print(f"wrote {args.out}/bi.json and bi.png")
+    return 0
+
+
+COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from .sparsity import SparsityTarget
 class CalibrationSettings:
     """Where calibration windows come from (the spec's defaults: 128 C4 windows, seed 0)."""
 
-    corpus: str = "c4"
+    corpus: str | None = None  # None: the method's default (C4; PG19 for depth methods)
     nsamples: int = 128
     seqlen: int | None = None  # None: the model's context capped at 4096
     seed: int = 0
@@ -51,6 +51,13 @@ class Step:
         """``(method class, parsed options, target)``; raises before any work on bad input."""
         method_cls = get_method(self.method)
         options = method_cls.parse_options(dict(self.options))
+        if method_cls.kind == "depth":
+            if self.sparsity is not None or self.pattern is not None:
+                raise ArgumentError(f"{self.method} removes whole layers: use --remove-layers, --remove-fraction "
+                                    "or --layers, not --sparsity/--pattern")
+            if self.roles is not None:
+                raise ArgumentError(f"{self.method} removes whole layers; --roles does not apply")
+            return method_cls, options, None
         target = SparsityTarget.parse(self.sparsity, self.pattern)
         return method_cls, options, target
 

@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 from ..surgery import apply_mask
-from .base import Method, available_methods, get_method, register
+from .base import DepthMethod, Method, available_methods, get_method, register
 
 _discovered = False
 
@@ -22,4 +22,4 @@ def discover() -> None:
     _discovered = True
 
 
-__all__ = ["Method", "apply_mask", "available_methods", "discover", "get_method", "register"]
+__all__ = ["DepthMethod", "Method", "apply_mask", "available_methods", "discover", "get_method", "register"]

@@ -45,7 +45,9 @@ class Method:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    kind: ClassVar[str] = "mask"  # "mask": per-layer weight changes; "depth": removes whole layers
     needs: ClassVar[frozenset[str]] = frozenset()
+    default_calib: ClassVar[str] = "c4"
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, target: SparsityTarget, options: Any = None):
@@ -106,6 +108,16 @@ class Method:
 
     def prune_view(self, view: LinearView, ctx: LayerContext) -> ViewResult:
         """Decide the mask (and optionally new weights) of one linear map."""
+        raise NotImplementedError
+
+
+class DepthMethod(Method):
+    """A method that looks at the whole model and removes decoder layers (no sparsity target)."""
+
+    kind = "depth"
+
+    def plan(self, loaded, calib_ids, *, batch_size: int, progress: bool) -> dict:
+        """``{"remove": [layer indices], ...scores for the report}`` — decided, not yet applied."""
         raise NotImplementedError
 
 

@@ -73,6 +73,7 @@ class Adapter:
     # input group -> local names of the maps whose output rows *are* that input's channels, for
     # groups whose channels may be permuted without changing the function (the MLP intermediate).
     channel_producers: ClassVar[dict[str, tuple[str, ...]]] = {}
+    depth_key: ClassVar[str] = "num_hidden_layers"  # the config field holding the number of layers
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -143,6 +144,28 @@ class Adapter:
     def norms(self, index: int) -> dict[str, nn.Module]:
         layer = self.decoder_layers()[index]
         return {name: layer.get_submodule(name) for name in self.norm_names()}
+
+    # ---- depth --------------------------------------------------------------------------
+    def keep_layers(self, kept: list[int]) -> None:
+        """Keep only the decoder layers ``kept`` (in order): renumber them and rewrite the config.
+
+        Layers carry their index for the attention cache (``layer_idx``/``layer_id``); per-layer
+        config lists (``layer_types``) keep the entries of the kept layers.
+        """
+        old = self.num_layers()
+        layers = self.decoder_layers()
+        new = type(layers)([layers[i] for i in kept])
+        parent_path, _, attr = self.layers_path.rpartition(".")
+        setattr(self.model.get_submodule(parent_path), attr, new)
+        for new_index, layer in enumerate(new):
+            for module in layer.modules():
+                for name in ("layer_idx", "layer_id"):
+                    if isinstance(getattr(module, name, None), int):
+                        setattr(module, name, new_index)
+        for key, value in list(vars(self.config).items()):
+            if isinstance(value, list) and len(value) == old and key != self.depth_key:
+                setattr(self.config, key, [value[i] for i in kept])
+        setattr(self.config, self.depth_key, len(kept))
 
     # ---- shapes -------------------------------------------------------------------------
     @property

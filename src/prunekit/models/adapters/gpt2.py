@@ -11,6 +11,7 @@ class GPT2Adapter(Adapter):
     family = "gpt2"
     model_types = ("gpt2",)
     layers_path = "transformer.h"
+    depth_key = "n_layer"
     channel_producers = {"mlp_mid": ("mlp.c_fc",)}
 
     def linear_specs(self):

@@ -9,6 +9,7 @@ class GPTNeoAdapter(Adapter):
     family = "gpt_neo"
     model_types = ("gpt_neo",)
     layers_path = "transformer.h"
+    depth_key = "num_layers"
     channel_producers = {"mlp_mid": ("mlp.c_fc",)}
 
     def linear_specs(self):
@@ -20,6 +21,13 @@ class GPTNeoAdapter(Adapter):
             ("mlp.c_fc", ("fc1",), "mlp_in"),
             ("mlp.c_proj", ("fc2",), "mlp_mid"),
         ]
+
+    def keep_layers(self, kept):
+        # GPT-Neo derives attention_layers from attention_types: rewrite both, one entry per kept layer
+        kinds = [self.config.attention_layers[i] for i in kept]
+        super().keep_layers(kept)
+        self.config.attention_types = [[[kind], 1] for kind in kinds]
+        self.config.attention_layers = kinds
 
     def norm_names(self):
         return ("ln_1", "ln_2")

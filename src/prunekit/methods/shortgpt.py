@@ -1,0 +1,122 @@
+"""ShortGPT and its depth relatives: drop the decoder layers that matter least.
+
+``metric`` chooses how "matters" is measured:
+- ``bi`` — Block Influence (Men et al., ShortGPT): ``1 − mean cos(x_i, x_{i+1})`` over every
+  calibration token; the n lowest go.
+- ``angular`` — Gromov et al.: the block of n *consecutive* layers whose input and output (last
+  token) are closest in angle, ``arccos(cos)/π``.
+- ``ppl`` — SLEB-like greedy: repeatedly drop the layer whose absence raises calibration
+  perplexity least, re-evaluating after each removal.
+- ``reverse`` — the n layers before the last one (baseline); ``random`` — seeded (baseline).
+An explicit ``layers`` selection removes exactly those layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..capture.block_influence import angular_distances, layer_io_statistics
+from ..errors import ArgumentError
+from ..eval.perplexity import perplexity
+from ..data.windows import TokenWindows
+from ..surgery import layers_removed
+from .base import DepthMethod, register
+
+METRICS = ("bi", "angular", "ppl", "reverse", "random")
+
+
+@dataclass
+class ShortGPTOptions:
+    remove_layers: int | None = field(default=None, metadata={"help": "depth: number of decoder layers to remove"})
+    remove_fraction: float | None = field(default=None, metadata={
+        "help": "depth: fraction of decoder layers to remove (rounded to the nearest count)"})
+    metric: str = field(default="bi", metadata={"choices": METRICS,
+                                                "help": "depth: bi (ShortGPT), angular (Gromov et al.), ppl (greedy, "
+                                                        "SLEB-like), reverse or random (baselines)"})
+    random_seed: int = field(default=0, metadata={"help": "depth: seed of the random baseline"})
+
+
+@register
+class ShortGPT(DepthMethod):
+    name = "shortgpt"
+    summary = "remove the least influential decoder layers (Block Influence, angular, greedy ppl, baselines)"
+    needs = frozenset({"hidden_states"})
+    default_calib = "pg19"
+    Options = ShortGPTOptions
+
+    def __init__(self, target, options=None, explicit_layers: list[int] | None = None):
+        super().__init__(target, options)
+        self.explicit = explicit_layers
+        if self.explicit is not None or self.options.metric in ("reverse", "random"):
+            self.needs = frozenset()  # no calibration data needed
+
+    @classmethod
+    def validate_options(cls, options):
+        given = [v for v in (options.remove_layers, options.remove_fraction) if v is not None]
+        if len(given) > 1:
+            raise ArgumentError("give either --remove-layers or --remove-fraction, not both")
+        if options.remove_layers is not None and options.remove_layers < 1:
+            raise ArgumentError(f"--remove-layers must be at least 1 (got {options.remove_layers})")
+        if options.remove_fraction is not None and not 0 < options.remove_fraction < 1:
+            raise ArgumentError(f"--remove-fraction must be in (0, 1) (got {options.remove_fraction})")
+
+    def count(self, total: int) -> int:
+        if self.explicit is not None:
+            n = len(self.explicit)
+        elif self.options.remove_layers is not None:
+            n = self.options.remove_layers
+        elif self.options.remove_fraction is not None:
+            n = max(1, round(self.options.remove_fraction * total))
+        else:
+            raise ArgumentError("say how many layers to remove: --remove-layers N, --remove-fraction F or --layers")
+        if n >= total:
+            raise ArgumentError(f"cannot remove {n} of the model's {total} layers: at least one must remain")
+        return n
+
+    def plan(self, loaded, calib_ids, *, batch_size, progress):
+        total = loaded.adapter.num_layers()
+        n = self.count(total)
+        metric = "explicit" if self.explicit is not None else self.options.metric
+        report: dict = {"metric": metric, "count": n, "layers_before": total}
+        if calib_ids is not None and metric in ("bi", "angular"):
+            stats = layer_io_statistics(loaded, calib_ids, batch_size=batch_size, progress=progress)
+            report["bi"] = stats["bi"].tolist()
+            if metric == "angular":
+                distances = angular_distances(stats["last_token"], n)
+                report["angular_distance"] = distances.tolist()
+                start = int(torch.argmin(distances))
+                remove = list(range(start, start + n))
+            else:
+                remove = torch.sort(stats["bi"], stable=True).indices[:n].tolist()
+        elif metric == "ppl":
+            remove, trace = self._greedy_ppl(loaded, calib_ids, n, batch_size, progress)
+            report["greedy_ppl"] = trace
+        elif metric == "reverse":
+            remove = list(range(total - 1 - n, total - 1))
+        elif metric == "random":
+            generator = torch.Generator().manual_seed(self.options.random_seed)
+            remove = torch.randperm(total, generator=generator)[:n].tolist()
+        else:
+            remove = list(self.explicit or [])
+        report["remove"] = sorted(remove)
+        report["removal_order"] = remove
+        return report
+
+    def _greedy_ppl(self, loaded, calib_ids, n, batch_size, progress):
+        windows = TokenWindows(calib_ids)
+        removed: list[int] = []
+        trace = []
+        total = loaded.adapter.num_layers()
+        for _ in tqdm(range(n), desc="greedy ppl removal", disable=not progress, leave=False):
+            best = (math.inf, -1)
+            for candidate in (i for i in range(total) if i not in removed):
+                with layers_removed(loaded.adapter, removed + [candidate]):
+                    ppl = perplexity(loaded.model, windows, batch_size=batch_size, progress=False)["ppl"]
+                best = min(best, (ppl, candidate))
+            removed.append(best[1])
+            trace.append({"removed": best[1], "calibration_ppl": best[0]})
+        return removed, trace
