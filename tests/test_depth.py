@@ -158,3 +158,46 @@ def test_cli_shortgpt_and_analyze(deep_model_dir, tmp_path, capsys):
     assert main(["prune", "--model", str(model), "--method", "shortgpt", "--remove-layers", "-2", "--out",
                  str(tmp_path / "x"), "--no-progress"]) != 0
     assert "at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_sublayer_skip_is_identity_and_reloads(deep_model_dir, tmp_path, family):
+    """A removed attention/MLP block adds nothing: the layer equals running without that block."""
+    lm = prunekit.load(deep_model_dir(family))
+    record = prunekit.prune(lm, "shortgpt", remove_layers=3, granularity="sublayer", calibration=FAST, progress=False)
+    depth = record["depth"]
+    assert len(depth["skip_sublayers"]) == 3 and len(depth["bi_attn"]) == 6 and lm.adapter.num_layers() == 6
+    ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(4))
+    index, kind = depth["skip_sublayers"][0]
+    view = next(v for v in lm.adapter.linears(index) if v.roles[0] in ({"o"} if kind == "attn" else {"down", "fc2"}))
+    outputs = []
+    handle = view.module.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+    with torch.no_grad():
+        lm.model(input_ids=ids)
+    handle.remove()
+    assert torch.count_nonzero(outputs[0]) == 0  # the block's contribution to the residual stream is zero
+    out = prunekit.save(lm, tmp_path / "sub", record=prunekit.build_record(lm, [record]))
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits, lm.model(input_ids=ids).logits)
+
+
+def test_sublayer_bi_matches_manual_computation(deep_model_dir):
+    from torch.nn.functional import cosine_similarity
+
+    from prunekit.capture import sublayer_influence
+
+    lm = prunekit.load(deep_model_dir("llama"))
+    ids = torch.randint(0, 1000, (2, 10), generator=torch.Generator().manual_seed(5))
+    bi = sublayer_influence(lm, ids, batch_size=2, progress=False)
+    contributions = {}
+    handles = [next(v for v in lm.adapter.linears(i) if v.roles == ("o",)).module.register_forward_hook(
+        lambda _m, _a, out, i=i: contributions.__setitem__(i, out)) for i in range(6)]
+    with torch.no_grad():
+        hidden = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    for handle in handles:
+        handle.remove()
+    for i in range(5):  # the last hidden state has the final norm applied
+        x, y = hidden[i].double(), hidden[i + 1].double()
+        h = x + contributions[i].double()
+        assert float(bi["attn"][i]) == pytest.approx(1 - float(cosine_similarity(x, h, dim=-1).mean()), abs=1e-5)
+        assert float(bi["mlp"][i]) == pytest.approx(1 - float(cosine_similarity(h, y, dim=-1).mean()), abs=1e-5)

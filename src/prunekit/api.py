@@ -24,7 +24,7 @@ from .io import peak_rss_mb, save_model, versions
 from .models.loading import LoadedModel, load_model
 from .recipe import CalibrationSettings, Step
 from .selection import parse_layers, parse_roles, view_selector
-from .surgery import remove_layers
+from .surgery import remove_layers, skip_sublayers
 from .sparsity import check_nm, parse_pattern, validate_nm_width, zero_fraction
 
 MAX_DEFAULT_SEQLEN = 4096
@@ -94,6 +94,8 @@ def prune(
         params_before = _param_count(loaded)
         plan = pruner.plan(loaded, calib_ids, batch_size=batch_size, progress=progress)
         kept = remove_layers(adapter, plan["remove"])
+        if plan.get("skip_sublayers"):
+            plan["zeroed_modules"] = skip_sublayers(adapter, [tuple(b) for b in plan["skip_sublayers"]])
         plan.update({"kept": kept, "layers_after": adapter.num_layers(), "params_before": params_before,
                      "params_after": _param_count(loaded)})
         timings["prune"] = round(time.perf_counter() - started - data_seconds, 3)

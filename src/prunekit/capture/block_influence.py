@@ -71,3 +71,53 @@ def angular_distances(last_token: torch.Tensor, n: int) -> torch.Tensor:
     starts = last_token.shape[1] - n
     cos = F.cosine_similarity(last_token[:, :starts].double(), last_token[:, n:].double(), dim=-1)
     return (torch.arccos(cos.clamp(-1, 1)) / torch.pi).mean(0).float()
+
+
+@torch.inference_mode()
+def sublayer_influence(loaded: LoadedModel, calib_ids: torch.Tensor, *, batch_size: int = 1,
+                       progress: bool = True) -> dict[str, torch.Tensor]:
+    """BI of the attention and the MLP block of every layer: ``{"attn": (layers,), "mlp": (layers,)}``.
+
+    With ``a`` the attention block's contribution to the residual stream (the output of its
+    output projection), ``BI_attn = 1 − mean cos(x, x + a)`` and ``BI_mlp = 1 − mean cos(x + a, y)``.
+    """
+    adapter = loaded.adapter
+    layers = adapter.decoder_layers()
+    count = len(layers)
+    sums = {"attn": torch.zeros(count, dtype=torch.float64), "mlp": torch.zeros(count, dtype=torch.float64)}
+    tokens = torch.zeros(count, dtype=torch.float64)
+    contribution: dict[int, torch.Tensor] = {}
+
+    def attn_hook(index: int):
+        def record(_module, _args, output):
+            contribution[index] = _hidden(output).float()
+        return record
+
+    def layer_hook(index: int):
+        def record(_module, args, kwargs, output):
+            x = (args[0] if args else kwargs["hidden_states"]).float()
+            y = _hidden(output).float()
+            h = x + contribution.pop(index)
+            sums["attn"][index] += float(F.cosine_similarity(x, h, dim=-1).double().sum())
+            sums["mlp"][index] += float(F.cosine_similarity(h, y, dim=-1).double().sum())
+            tokens[index] += x.shape[0] * x.shape[1]
+            if index == count - 1:
+                raise _Done
+        return record
+
+    handles = []
+    for index, layer in enumerate(layers):
+        o_view = next(v for v in adapter.linears(index) if "o" in v.roles)
+        handles.append(o_view.module.register_forward_hook(attn_hook(index)))
+        handles.append(layer.register_forward_hook(layer_hook(index), with_kwargs=True))
+    try:
+        for start in tqdm(range(0, calib_ids.shape[0], batch_size), desc="sub-layer influence",
+                          disable=not progress, leave=False):
+            try:
+                loaded.model(input_ids=calib_ids[start : start + batch_size].to(loaded.device), use_cache=False)
+            except _Done:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {kind: (1 - total / tokens).float() for kind, total in sums.items()}

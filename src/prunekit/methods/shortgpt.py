@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..capture.block_influence import angular_distances, layer_io_statistics
+from ..capture.block_influence import angular_distances, layer_io_statistics, sublayer_influence
 from ..errors import ArgumentError
 from ..eval.perplexity import perplexity
 from ..data.windows import TokenWindows
@@ -38,6 +38,10 @@ class ShortGPTOptions:
                                                 "help": "depth: bi (ShortGPT), angular (Gromov et al.), ppl (greedy, "
                                                         "SLEB-like), reverse or random (baselines)"})
     random_seed: int = field(default=0, metadata={"help": "depth: seed of the random baseline"})
+    granularity: str = field(default="layer", metadata={
+        "choices": ("layer", "sublayer"),
+        "help": "depth: remove whole layers, or attention/MLP blocks scored separately (a removed block "
+                "becomes a skip: its output projection is zeroed, so the checkpoint reloads but runs no faster)"})
 
 
 @register
@@ -52,7 +56,8 @@ class ShortGPT(DepthMethod):
         super().__init__(target, options)
         self.explicit = explicit_layers
         if self.explicit is not None or self.options.metric in ("reverse", "random"):
-            self.needs = frozenset()  # no calibration data needed
+            # the baselines need no calibration data
+            self.needs = frozenset()
 
     @classmethod
     def validate_options(cls, options):
@@ -63,8 +68,11 @@ class ShortGPT(DepthMethod):
             raise ArgumentError(f"--remove-layers must be at least 1 (got {options.remove_layers})")
         if options.remove_fraction is not None and not 0 < options.remove_fraction < 1:
             raise ArgumentError(f"--remove-fraction must be in (0, 1) (got {options.remove_fraction})")
+        if options.granularity == "sublayer" and options.metric not in ("bi", "random"):
+            raise ArgumentError(f"--granularity sublayer supports --metric bi or random, not {options.metric}")
 
     def count(self, total: int) -> int:
+        """How many units (layers, or attention/MLP blocks with ``granularity=sublayer``) to remove."""
         if self.explicit is not None:
             n = len(self.explicit)
         elif self.options.remove_layers is not None:
@@ -74,10 +82,13 @@ class ShortGPT(DepthMethod):
         else:
             raise ArgumentError("say how many layers to remove: --remove-layers N, --remove-fraction F or --layers")
         if n >= total:
-            raise ArgumentError(f"cannot remove {n} of the model's {total} layers: at least one must remain")
+            unit = "attention/MLP blocks" if self.options.granularity == "sublayer" else "layers"
+            raise ArgumentError(f"cannot remove {n} of the model's {total} {unit}: at least one must remain")
         return n
 
     def plan(self, loaded, calib_ids, *, batch_size, progress):
+        if self.options.granularity == "sublayer" and self.explicit is None:
+            return self._plan_sublayers(loaded, calib_ids, batch_size, progress)
         total = loaded.adapter.num_layers()
         n = self.count(total)
         metric = "explicit" if self.explicit is not None else self.options.metric
@@ -104,6 +115,24 @@ class ShortGPT(DepthMethod):
             remove = list(self.explicit or [])
         report["remove"] = sorted(remove)
         report["removal_order"] = remove
+        return report
+
+    def _plan_sublayers(self, loaded, calib_ids, batch_size, progress):
+        layers = loaded.adapter.num_layers()
+        units = [(i, kind) for i in range(layers) for kind in ("attn", "mlp")]
+        n = self.count(len(units))
+        report: dict = {"metric": self.options.metric, "granularity": "sublayer", "count": n, "layers_before": layers}
+        if self.options.metric == "bi":
+            bi = sublayer_influence(loaded, calib_ids, batch_size=batch_size, progress=progress)
+            report["bi_attn"], report["bi_mlp"] = bi["attn"].tolist(), bi["mlp"].tolist()
+            scores = torch.stack([bi["attn"], bi["mlp"]], dim=1).reshape(-1)  # unit order (i, attn), (i, mlp)
+            chosen = torch.sort(scores, stable=True).indices[:n].tolist()
+        else:
+            generator = torch.Generator().manual_seed(self.options.random_seed)
+            chosen = torch.randperm(len(units), generator=generator)[:n].tolist()
+        report["remove"] = []
+        report["skip_sublayers"] = sorted([list(units[u]) for u in chosen])
+        report["removal_order"] = [list(units[u]) for u in chosen]
         return report
 
     def _greedy_ppl(self, loaded, calib_ids, n, batch_size, progress):

@@ -6,6 +6,8 @@ import copy
 from contextlib import contextmanager
 from typing import Iterator
 
+import torch
+
 from ..models.adapters.base import Adapter
 
 
@@ -32,3 +34,26 @@ def layers_removed(adapter: Adapter, remove: list[int]) -> Iterator[None]:
         vars(adapter.config).update(config)
         for module, name, value in indices:
             setattr(module, name, value)
+
+
+SUBLAYER_OUTPUT_ROLES = {"attn": ("o",), "mlp": ("down", "fc2")}
+
+
+@torch.no_grad()
+def skip_sublayers(adapter: Adapter, blocks: list[tuple[int, str]]) -> list[str]:
+    """Make attention or MLP blocks exact skips by zeroing their output projection (and bias).
+
+    The block then adds nothing to the residual stream, and the checkpoint still reloads with
+    plain transformers; the block's computation is still performed, so this gives no speed-up.
+    Returns the names of the zeroed modules.
+    """
+    zeroed = []
+    for index, kind in blocks:
+        roles = SUBLAYER_OUTPUT_ROLES[kind]
+        view = next(v for v in adapter.linears(index) if v.roles[0] in roles)
+        view.weight.zero_()
+        bias = getattr(view.module, "bias", None)
+        if bias is not None:
+            bias.zero_()
+        zeroed.append(view.name)
+    return zeroed
