@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import tempfile
+import time
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PRUNEKIT_SHARED", REPO.parent / "shared"))
@@ -30,3 +35,30 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(rows_i) + " |" for rows_i in rows]
     return "\n".join(lines) + "\n"
+
+
+@torch.inference_mode()
+def timings(lm, prompt_len: int = 256, new_tokens: int = 32, repeats: int = 5) -> dict:
+    """Prefill latency and decode tokens/s after one warm-up, median of ``repeats``."""
+    ids = torch.randint(0, lm.tokenizer.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    lm.model.config.use_cache = True
+    prefill, decode = [], []
+    for attempt in range(repeats + 1):
+        started = time.perf_counter()
+        lm.model(input_ids=ids, use_cache=True)
+        t_prefill = time.perf_counter() - started
+        started = time.perf_counter()
+        lm.model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                          pad_token_id=lm.tokenizer.eos_token_id)
+        t_total = time.perf_counter() - started
+        if attempt:  # the first run is the warm-up
+            prefill.append(t_prefill)
+            decode.append(new_tokens / max(t_total - t_prefill, 1e-9))
+    lm.model.config.use_cache = False
+    return {"prefill_ms": 1000 * statistics.median(prefill), "decode_tok_s": statistics.median(decode)}
+
+
+def checkpoint_mb(lm) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        lm.model.save_pretrained(tmp)
+        return sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors")) / 2**20

@@ -9,12 +9,6 @@ are kept in the JSON and skipped on the next run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
-from pathlib import Path
-
-import torch
 
 import prunekit
 from prunekit.api import block_influence
@@ -22,7 +16,7 @@ from prunekit.data import evaluation_windows, resolve_data_root
 from prunekit.eval.perplexity import perplexity
 from prunekit.recipe import CalibrationSettings
 
-from common import RESULTS, SHARED_MODELS, load_results, markdown_table, store_results
+from common import RESULTS, SHARED_MODELS, checkpoint_mb, load_results, markdown_table, store_results, timings
 
 METRICS = ("bi", "angular", "ppl", "reverse", "random")
 
@@ -39,33 +33,6 @@ def counts_for(depth: int) -> list[int]:
 
 def overlap(a: list[int], b: list[int], k: int) -> float:
     return len(set(a[:k]) & set(b[:k])) / k
-
-
-@torch.inference_mode()
-def timings(lm, prompt_len: int = 256, new_tokens: int = 32, repeats: int = 5) -> dict:
-    """Prefill latency and decode tokens/s after one warm-up, median of ``repeats``."""
-    ids = torch.randint(0, lm.tokenizer.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
-    lm.model.config.use_cache = True
-    prefill, decode = [], []
-    for attempt in range(repeats + 1):
-        started = time.perf_counter()
-        lm.model(input_ids=ids, use_cache=True)
-        t_prefill = time.perf_counter() - started
-        started = time.perf_counter()
-        lm.model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                          pad_token_id=lm.tokenizer.eos_token_id)
-        t_total = time.perf_counter() - started
-        if attempt:  # the first run is the warm-up
-            prefill.append(t_prefill)
-            decode.append(new_tokens / max(t_total - t_prefill, 1e-9))
-    lm.model.config.use_cache = False
-    return {"prefill_ms": 1000 * statistics.median(prefill), "decode_tok_s": statistics.median(decode)}
-
-
-def checkpoint_mb(lm) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        lm.model.save_pretrained(tmp)
-        return sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors")) / 2**20
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from prunekit.recipe import CalibrationSettings
 
 pytestmark = pytest.mark.real_model
 
-CALIB = CalibrationSettings(corpus="c4", nsamples=16, seqlen=256, seed=0, batch_size=8)
+CALIB = CalibrationSettings(corpus="c4", nsamples=8, seqlen=256, seed=0, batch_size=8)
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .api import build_record, check_sparsity, default_seqlen, evaluate_perplexity, load, prune, save  # noqa: E402
+from .api import build_record, check_sparsity, default_seqlen, evaluate_perplexity, load, prune, recover, save  # noqa: E402
 from .errors import PrunekitError  # noqa: E402
 from .recipe import CalibrationSettings, Step  # noqa: E402
+from .recovery import LoraSettings  # noqa: E402
 from .sparsity import SparsityTarget  # noqa: E402
 
 __all__ = [
-    "CalibrationSettings", "PrunekitError", "SparsityTarget", "Step", "build_record", "check_sparsity",
-    "default_seqlen", "evaluate_perplexity", "load", "prune", "save", "__version__",
+    "CalibrationSettings", "LoraSettings", "PrunekitError", "SparsityTarget", "Step", "build_record", "check_sparsity",
+    "default_seqlen", "evaluate_perplexity", "load", "prune", "recover", "save", "__version__",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -21,8 +21,10 @@ from .data import calibration_windows, evaluation_windows, resolve_data_root
 from .errors import ArgumentError
 from .eval.perplexity import perplexity
 from .io import peak_rss_mb, save_model, versions
+from .io.shapes import needs_remote_code, sync_config_shapes
 from .models.loading import LoadedModel, load_model
 from .recipe import CalibrationSettings, Step
+from .recovery import LoraSettings, recover_lora
 from .selection import parse_layers, parse_roles, view_selector
 from .surgery import remove_layers, skip_sublayers
 from .sparsity import check_nm, parse_pattern, validate_nm_width, zero_fraction
@@ -68,6 +70,8 @@ def prune(
     if method_cls.kind == "depth":
         explicit = parse_layers(step.layers, adapter.num_layers()) if step.layers is not None else None
         pruner = method_cls(target, parsed_options, explicit_layers=explicit)
+    elif method_cls.kind == "width":
+        pruner = method_cls(target, parsed_options)
     else:
         layer_ids = parse_layers(step.layers, adapter.num_layers())
         views_for = view_selector(adapter, parse_roles(step.roles, adapter))
@@ -79,9 +83,10 @@ def prune(
     calib_record = None
     batch_size = 1
     if pruner.needs:
-        seqlen = _check_seqlen(loaded, calibration.seqlen or default_seqlen(loaded))
+        seqlen = _check_seqlen(loaded, calibration.seqlen or method_cls.default_calib_seqlen or default_seqlen(loaded))
         windows = calibration_windows(
-            loaded.tokenizer, calibration.corpus or method_cls.default_calib, nsamples=calibration.nsamples,
+            loaded.tokenizer, calibration.corpus or method_cls.default_calib,
+            nsamples=calibration.nsamples or method_cls.default_nsamples,
             seqlen=seqlen, seed=calibration.seed, data_root=resolve_data_root(data_root),
         )
         calib_ids, calib_record = windows.ids, windows.provenance
@@ -102,6 +107,12 @@ def prune(
         return {"step": {"method": method_cls.name, "options": vars(parsed_options), "layers": step.layers},
                 "calibration": calib_record, "depth": plan, "sparsity": {}, "layers": [], "timings": timings,
                 "peak_rss_mb": peak_rss_mb()}
+
+    if method_cls.kind == "width":
+        width = pruner.prune_width(loaded, calib_ids, progress=progress)
+        timings["prune"] = round(time.perf_counter() - started - data_seconds, 3)
+        return {"step": {"method": method_cls.name, "options": vars(parsed_options)}, "calibration": calib_record,
+                "width": width, "sparsity": {}, "layers": [], "timings": timings, "peak_rss_mb": peak_rss_mb()}
 
     results = layerwise(
         loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, collect_upfront=pruner.collect_upfront,
@@ -126,6 +137,19 @@ def prune(
         "timings": timings,
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def recover(loaded: LoadedModel, settings: LoraSettings | None = None, *, data_root: str | os.PathLike | None = None,
+            progress: bool = True) -> dict:
+    """LoRA recovery in place (merged, sparsity kept); return the step's record for ``prunekit.json``."""
+    settings = settings or LoraSettings()
+    before = check_sparsity(loaded, ())["sparsity"]["overall"]
+    report = recover_lora(loaded, settings, data_root=data_root, progress=progress)
+    after = check_sparsity(loaded, ())["sparsity"]["overall"]
+    report["sparsity_before"], report["sparsity_after"] = before, after
+    return {"step": {"method": "lora", "options": report["settings"]}, "calibration": report["calibration"],
+            "recovery": report, "sparsity": {}, "layers": [], "timings": {"recover": report["seconds"]},
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _param_count(loaded: LoadedModel) -> int:
@@ -191,7 +215,7 @@ def check_sparsity(loaded: LoadedModel, patterns: Sequence[str] = ("2:4", "4:8")
 def build_record(loaded: LoadedModel, steps: list[dict], evaluation: dict | None = None,
                  timings: dict | None = None) -> dict:
     """Assemble ``prunekit.json``: recipe, versions, model, data provenance, results, timings."""
-    last = steps[-1] if steps else {}
+    last = next((s for s in reversed(steps) if s.get("sparsity")), {})
     record = {
         "prunekit": versions(),
         "model": loaded.source,
@@ -209,9 +233,16 @@ def build_record(loaded: LoadedModel, steps: list[dict], evaluation: dict | None
     return record
 
 
-def save(loaded: LoadedModel, out: str | os.PathLike, *, record: dict, overwrite: bool = False) -> Path:
-    """Write ``loaded`` as a plain HF directory with ``prunekit.json``, atomically."""
-    return save_model(loaded.model, loaded.tokenizer, out, record, overwrite=overwrite)
+def save(loaded: LoadedModel, out: str | os.PathLike, *, record: dict, overwrite: bool = False,
+         extras: Callable[[Path], None] | None = None) -> Path:
+    """Write ``loaded`` as a plain HF directory with ``prunekit.json``, atomically.
+
+    A width-pruned model's config is re-synchronised first: a later depth step renumbers layers,
+    and per-layer shapes are recorded by layer name.
+    """
+    if needs_remote_code(loaded.model.config):
+        sync_config_shapes(loaded.adapter)
+    return save_model(loaded.model, loaded.tokenizer, out, record, overwrite=overwrite, extras=extras)
 
 
 def block_influence(loaded: LoadedModel, calibration: CalibrationSettings | None = None, *,
@@ -222,7 +253,7 @@ def block_influence(loaded: LoadedModel, calibration: CalibrationSettings | None
     calibration = calibration or CalibrationSettings()
     calibration.validate()
     seqlen = _check_seqlen(loaded, calibration.seqlen or default_seqlen(loaded))
-    windows = calibration_windows(loaded.tokenizer, calibration.corpus or "pg19", nsamples=calibration.nsamples,
+    windows = calibration_windows(loaded.tokenizer, calibration.corpus or "pg19", nsamples=calibration.nsamples or 128,
                                   seqlen=seqlen, seed=calibration.seed, data_root=resolve_data_root(data_root))
     stats = layer_io_statistics(loaded, windows.ids, batch_size=calibration.batch_for(seqlen), progress=progress)
     bi = stats["bi"].tolist()

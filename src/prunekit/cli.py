@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -72,6 +71,37 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(_option_flag(name), **kwargs)
 
 
+def _add_lora_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """LoRA recovery flags; ``prefix`` is ``heal-`` on ``prune`` (``--heal-steps``) and empty on ``recover``."""
+    from .recovery import LoraSettings
+
+    defaults = LoraSettings()
+    group = parser.add_argument_group("LoRA recovery" + (" (with --heal lora)" if prefix else ""))
+    flag = lambda name: f"--{prefix}{name}"  # noqa: E731
+    group.add_argument(flag("data"), default=defaults.data, help="training text: c4 (train sample), a name:split, "
+                       "or a .txt/.jsonl path (default c4; wikitext2 here has no train split)")
+    group.add_argument(flag("steps"), type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
+    group.add_argument(flag("lr"), type=float, default=defaults.lr, help=f"learning rate (default {defaults.lr})")
+    group.add_argument(flag("batch-size"), type=int, default=defaults.batch_size, help=f"windows per step (default {defaults.batch_size})")
+    group.add_argument(flag("seqlen"), type=int, default=defaults.seqlen, help=f"tokens per window (default {defaults.seqlen})")
+    group.add_argument(flag("rank"), type=int, default=defaults.rank, help=f"LoRA rank r (default {defaults.rank})")
+    group.add_argument(flag("alpha"), type=float, default=defaults.alpha, help=f"LoRA alpha (default {defaults.alpha})")
+    group.add_argument(flag("dropout"), type=float, default=defaults.dropout, help=f"LoRA dropout (default {defaults.dropout})")
+    group.add_argument(flag("seed"), type=int, default=defaults.seed, help="seed of the windows and the LoRA init")
+    group.add_argument(flag("checkpointing"), action="store_true", help="gradient checkpointing (less memory, slower)")
+
+
+def _lora_settings(args, prefix: str = ""):
+    from .recovery import LoraSettings
+
+    get = lambda name: getattr(args, prefix + name)  # noqa: E731
+    settings = LoraSettings(data=get("data"), steps=get("steps"), lr=get("lr"), batch_size=get("batch_size"),
+                            seqlen=get("seqlen"), rank=get("rank"), alpha=get("alpha"), dropout=get("dropout"),
+                            seed=get("seed"), checkpointing=get("checkpointing"))
+    settings.validate()
+    return settings
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunekit", description="Prune Hugging Face causal LMs and measure the cost.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -89,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     calib = prune.add_argument_group("calibration")
     calib.add_argument("--calib", help="calibration corpus: c4, wikitext2, ptb, pg19, name:split, or a path "
                                         "(default: c4; pg19 for depth methods)")
-    calib.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    calib.add_argument("--nsamples", type=int, help="calibration windows (default: the method's, 128; 10 for llm-pruner)")
     calib.add_argument("--seqlen", type=int, help="calibration window length (default: model context capped at 4096)")
     calib.add_argument("--seed", type=int, default=0, help="seed of the window sampler (default 0)")
     calib.add_argument("--calib-batch-size", type=int,
@@ -98,7 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     out = prune.add_argument_group("output")
     out.add_argument("--out", required=True, help="output directory (written atomically)")
     out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    out.add_argument("--heal", choices=("lora",), help="recover quality after pruning (LoRA, merged; sparsity kept)")
+    _add_lora_args(prune, "heal-")
     _add_eval_args(prune, "--eval")
+
+    recover = sub.add_parser("recover", help="LoRA fine-tune a pruned model, merge, keep its sparsity, save")
+    _add_model_args(recover)
+    _add_lora_args(recover)
+    recover.add_argument("--out", required=True, help="output directory (written atomically; loss.png inside)")
+    recover.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_eval_args(recover, "--eval")
 
     evaluate = sub.add_parser("eval", help="evaluate perplexity")
     _add_model_args(evaluate)
@@ -152,23 +191,69 @@ def cmd_prune(args) -> int:
     step.validated()  # bad method/options/target fail before the model is loaded
     calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed, args.calib_batch_size)
     calibration.validate()
+    heal = _lora_settings(args, "heal_") if args.heal else None
     _validate_eval_args(args)
     check_output_path(args.out, args.overwrite)
 
     lm = _load(args)
     result = api.prune(lm, step, calibration=calibration, data_root=args.data_root, progress=not args.no_progress)
+    steps = [result]
+    if heal is not None:
+        steps.append(api.recover(lm, heal, data_root=args.data_root, progress=not args.no_progress))
     started = time.perf_counter()
     evaluation = _evaluate(lm, args, args.eval)
     timings = {"eval": round(time.perf_counter() - started, 3)} if evaluation else {}
-    record = api.build_record(lm, [result], evaluation, timings)
-    path = api.save(lm, args.out, record=record, overwrite=args.overwrite)
-    if "depth" in result:
+    record = api.build_record(lm, steps, evaluation, timings)
+    path = _save_with_loss_plot(lm, args, record, steps)
+    if "width" in result:
+        width = result["width"]
+        print(f"pruned {args.model} with {step.method} ({width['importance']}, ratio {width['ratio']:.3f}): "
+              f"parameters {width['params_before']:,} -> {width['params_after']:,} "
+              f"({100 * width['params_removed_fraction']:.1f}% removed; config {width['config']}) -> {path}")
+    elif "depth" in result:
         depth = result["depth"]
         print(f"pruned {args.model} with {step.method} ({depth['metric']}): removed layers {depth['remove']} "
               f"({depth['layers_before']} -> {depth['layers_after']}) -> {path}")
     else:
         print(f"pruned {args.model} with {step.method} ({result['step'].get('pattern') or result['step'].get('sparsity')}):"
               f" overall sparsity {result['sparsity']['overall']:.4f} -> {path}")
+    _print_ppl(evaluation)
+    return 0
+
+
+def _save_with_loss_plot(lm, args, record: dict, steps: list[dict]) -> Path:
+    """Save the model; a run that trained LoRA also gets its loss curve as ``loss.png``."""
+    from .report import line_plot
+
+    losses = [s["recovery"]["losses"] for s in steps if "recovery" in s]
+
+    def plot(tmp: Path) -> None:
+        if losses:
+            line_plot({"training loss": losses[-1]}, tmp / "loss.png", title="LoRA recovery", xlabel="step",
+                      ylabel="causal-LM loss")
+
+    return api.save(lm, args.out, record=record, overwrite=args.overwrite, extras=plot)
+
+
+def cmd_recover(args) -> int:
+    settings = _lora_settings(args)
+    _validate_eval_args(args)
+    check_output_path(args.out, args.overwrite)
+    lm = _load(args)
+    started = time.perf_counter()
+    before = _evaluate(lm, args, args.eval)
+    result = api.recover(lm, settings, data_root=args.data_root, progress=not args.no_progress)
+    evaluation = _evaluate(lm, args, args.eval)
+    if before:
+        result["recovery"]["ppl_before"] = before["ppl"]
+    timings = {"eval": round(time.perf_counter() - started - result["recovery"]["seconds"], 3)} if evaluation else {}
+    record = api.build_record(lm, [result], evaluation, timings)
+    path = _save_with_loss_plot(lm, args, record, [result])
+    report = result["recovery"]
+    print(f"recovered {args.model} with LoRA: {settings.steps} steps, loss {report['loss_first']:.3f} -> "
+          f"{report['loss_last']:.3f}, sparsity {report['sparsity_before']:.4f} -> {report['sparsity_after']:.4f} -> {path}")
+    for name, value in (before or {}).get("ppl", {}).items():
+        print(f"ppl {name} before recovery: {value:.4f}")
     _print_ppl(evaluation)
     return 0
 
@@ -244,7 +329,7 @@ def cmd_analyze(args) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
+COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

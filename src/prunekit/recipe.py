@@ -19,8 +19,8 @@ class CalibrationSettings:
     """Where calibration windows come from (the spec's defaults: 128 C4 windows, seed 0)."""
 
     corpus: str | None = None  # None: the method's default (C4; PG19 for depth methods)
-    nsamples: int = 128
-    seqlen: int | None = None  # None: the model's context capped at 4096
+    nsamples: int | None = None  # None: the method's default (128; LLM-Pruner 10)
+    seqlen: int | None = None  # None: the method's default, else the model's context capped at 4096
     seed: int = 0
     batch_size: int | None = None  # None: 4096 tokens per layer forward (attention scores grow with seqlen²)
 
@@ -28,7 +28,7 @@ class CalibrationSettings:
         return self.batch_size or max(1, 4096 // seqlen)
 
     def validate(self) -> None:
-        if self.nsamples < 1:
+        if self.nsamples is not None and self.nsamples < 1:
             raise ArgumentError(f"--nsamples must be at least 1 (got {self.nsamples})")
         if self.seqlen is not None and self.seqlen < 2:
             raise ArgumentError(f"--seqlen must be at least 2 (got {self.seqlen})")
@@ -57,6 +57,13 @@ class Step:
                                     "or --layers, not --sparsity/--pattern")
             if self.roles is not None:
                 raise ArgumentError(f"{self.method} removes whole layers; --roles does not apply")
+            return method_cls, options, None
+        if method_cls.kind == "width":
+            for flag, value in (("--sparsity", self.sparsity), ("--pattern", self.pattern), ("--roles", self.roles),
+                                ("--layers", self.layers)):
+                if value is not None:
+                    raise ArgumentError(f"{self.method} removes whole heads and channels: {flag} does not apply "
+                                        "(use --ratio or --param-ratio, --units and --layer-range)")
             return method_cls, options, None
         target = SparsityTarget.parse(self.sparsity, self.pattern)
         return method_cls, options, target

@@ -71,20 +71,19 @@ def prune_count(size: int, fraction: float) -> int:
 def lowest_mask(scores: torch.Tensor, fraction: float, per_row: bool) -> torch.Tensor:
     """Boolean *prune* mask: the ``round(p·n)`` lowest scores per matrix, or per row.
 
-    Ties are broken by position (stable sort) so the same scores always give the same mask.
+    Ties are broken by position, exactly as a stable sort would, so the same scores always give
+    the same mask — but in O(n): a k-th value selection gives the threshold, everything below it
+    is pruned, and of the entries equal to it the first ones (by position) fill the count.
     """
-    if per_row:
-        k = prune_count(scores.shape[1], fraction)
-        mask = torch.zeros_like(scores, dtype=torch.bool)
-        if k:
-            idx = torch.sort(scores, dim=1, stable=True).indices[:, :k]
-            mask.scatter_(1, idx, True)
-        return mask
-    flat = scores.reshape(-1)
-    k = prune_count(flat.numel(), fraction)
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    if k:
-        mask[torch.sort(flat, stable=True).indices[:k]] = True
+    rows = scores if per_row else scores.reshape(1, -1)
+    k = prune_count(rows.shape[1], fraction)
+    if k == 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    threshold = torch.kthvalue(rows, k, dim=1, keepdim=True).values
+    mask = rows < threshold
+    ties = rows == threshold
+    need = k - mask.sum(dim=1, keepdim=True)
+    mask |= ties & (torch.cumsum(ties, dim=1) <= need)
     return mask.view_as(scores)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,29 @@ class TokenWindows:
     provenance: dict = field(default_factory=dict)
 
 
+_STREAMS: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_STREAMS_KEPT = 8
+
+
 def tokenize_stream(tokenizer, text: str) -> torch.Tensor:
-    """Tokenize a whole corpus once, the way the reference protocols do (tokenizer defaults)."""
+    """Tokenize a whole corpus once, the way the reference protocols do (tokenizer defaults).
+
+    Streams are kept per process (a few corpora, keyed by the tokenizer and the text), so a
+    recipe or a test session that draws windows from the same corpus again does not re-tokenize
+    megabytes of text.
+    """
+    key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer), len(text), hash(text))
+    if key in _STREAMS:
+        _STREAMS.move_to_end(key)
+        return _STREAMS[key]
+    stream = _tokenize(tokenizer, text)
+    _STREAMS[key] = stream
+    while len(_STREAMS) > _STREAMS_KEPT:
+        _STREAMS.popitem(last=False)
+    return stream
+
+
+def _tokenize(tokenizer, text: str) -> torch.Tensor:
     saved = tokenizer.model_max_length
     tokenizer.model_max_length = int(1e30)  # silence the "sequence longer than the model" warning
     try:
@@ -120,7 +142,7 @@ def evaluation_windows(
     total = count
     if max_windows:
         count = min(count, max_windows)
-    ids = stream[: count * seqlen].view(count, seqlen)
+    ids = stream[: count * seqlen].view(count, seqlen).clone()  # the stream is cached: never hand out a view
     provenance = {**docs.provenance, "corpus": name, "protocol": protocol, "seqlen": seqlen,
                   "windows": count, "windows_available": total, "tokens": int(stream.numel())}
     return TokenWindows(ids, provenance)

@@ -12,9 +12,10 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import OutputExistsError
+from .shapes import needs_remote_code, write_remote_code
 
 RECORD_NAME = "prunekit.json"
 
@@ -56,10 +57,16 @@ def write_json(path: Path, data: dict) -> None:
         handle.write("\n")
 
 
-def save_model(model, tokenizer, out: str | os.PathLike, record: dict, overwrite: bool = False) -> Path:
-    """Write a plain Hugging Face directory (safetensors) plus ``prunekit.json``, atomically."""
+def save_model(model, tokenizer, out: str | os.PathLike, record: dict, overwrite: bool = False,
+               extras: Callable[[Path], None] | None = None) -> Path:
+    """Write a plain Hugging Face directory (safetensors) plus ``prunekit.json``, atomically;
+    ``extras(tmp)`` may add files (plots) that land with the model or not at all."""
     with atomic_directory(out, overwrite) as tmp:
+        if extras is not None:
+            extras(tmp)
         model.save_pretrained(tmp, safe_serialization=True)
+        if needs_remote_code(model.config):
+            write_remote_code(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(tmp / RECORD_NAME, record)

@@ -45,9 +45,11 @@ class Method:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    kind: ClassVar[str] = "mask"  # "mask": per-layer weight changes; "depth": removes whole layers
+    kind: ClassVar[str] = "mask"  # "mask": per-layer weight changes; "depth": removes layers; "width": shrinks units
     needs: ClassVar[frozenset[str]] = frozenset()
     default_calib: ClassVar[str] = "c4"
+    default_nsamples: ClassVar[int] = 128
+    default_calib_seqlen: ClassVar[int | None] = None  # None: the model's context capped at 4096
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, target: SparsityTarget, options: Any = None):
@@ -118,6 +120,16 @@ class DepthMethod(Method):
 
     def plan(self, loaded, calib_ids, *, batch_size: int, progress: bool) -> dict:
         """``{"remove": [layer indices], ...scores for the report}`` — decided, not yet applied."""
+        raise NotImplementedError
+
+
+class WidthMethod(Method):
+    """A method that removes whole units (heads, channels) and shrinks the model physically."""
+
+    kind = "width"
+
+    def prune_width(self, loaded, calib_ids, *, progress: bool) -> dict:
+        """Score, choose and cut out units in place; return the report for ``prunekit.json``."""
         raise NotImplementedError
 
 

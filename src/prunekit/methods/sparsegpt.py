@@ -70,7 +70,6 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, tokens: int, *, fr
     W[:, dead] = 0
     Hinv, damp = inverse_hessian_factor(H, percdamp, where)
     mask = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
-    total = rows * cols
     pruned_so_far = 0
 
     for i1 in range(0, cols, blocksize):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, UnsupportedArchitectureError
+from ..io.shapes import REMOTE_FILE, needs_remote_code, remote_code_text
 from .adapters import Adapter, adapter_class_for
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,16 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device '{device}' requested but CUDA is not available on this machine")
     return device
+
+
+def _own_remote_code(load_from, config) -> bool:
+    """True when ``load_from`` holds exactly the ``modeling_prunekit.py`` prunekit writes for it."""
+    if not needs_remote_code(config) or not isinstance(load_from, Path):
+        return False
+    target = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM", "")
+    file = load_from / REMOTE_FILE
+    return file.is_file() and file.read_text() == remote_code_text(target.rpartition(".")[2].removeprefix("Prunekit"),
+                                                                  config.model_type)
 
 
 def _looks_like_local_path(name: str) -> bool:
@@ -195,6 +206,9 @@ def load_model(
             ) from exc
         raise ModelLoadError(f"cannot read the config of {load_from}: {exc}") from exc
     adapter_cls = _check_config(config, name)
+    if needs_remote_code(config) and not _own_remote_code(load_from, config):
+        raise ModelLoadError(f"{load_from} has per-layer pruned shapes but its {REMOTE_FILE} is not the one prunekit "
+                             "writes; refusing to run foreign code (load it with transformers and trust_remote_code)")
     if num_layers is not None:
         key = "num_hidden_layers" if hasattr(config, "num_hidden_layers") else "n_layer"
         setattr(config, key, num_layers)
@@ -202,7 +216,8 @@ def load_model(
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(str(load_from), config=config, dtype=torch_dtype)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(load_from), config=config, dtype=torch_dtype,
+                                                        trust_remote_code=_own_remote_code(load_from, config))
         tokenizer = AutoTokenizer.from_pretrained(str(load_from))
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model from {load_from}: {exc}") from exc

@@ -26,3 +26,28 @@ def bar_plot(values: Sequence[float], path: Path, *, title: str, xlabel: str, yl
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def line_plot(series: dict[str, Sequence[float]], path: Path, *, title: str, xlabel: str, ylabel: str,
+              x: Sequence[float] | None = None, logy: bool = False) -> Path:
+    """One line per named series (e.g. a training loss curve, or perplexity vs a setting)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
+    for name, values in series.items():
+        ax.plot(list(x) if x is not None else range(1, len(values) + 1), list(values), label=name, marker="." if len(values) < 40 else None)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -10,7 +10,7 @@ structured methods can still find a head's q/k/v rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -144,6 +144,34 @@ class Adapter:
     def norms(self, index: int) -> dict[str, nn.Module]:
         layer = self.decoder_layers()[index]
         return {name: layer.get_submodule(name) for name in self.norm_names()}
+
+    # ---- width: coupled units ----------------------------------------------------------
+    def unit_groups(self, index: int, head_grouping: str = "kv") -> dict[str, Any]:
+        """The attention-head and MLP-channel unit groups of layer ``index`` (see ``units.py``)."""
+        from .units import channel_group, head_group
+
+        views = self.linears(index)
+        producers = self.channel_producers.get("mlp_mid", ())
+        return {"heads": head_group(views, index, self.head_dim, head_grouping),
+                "channels": channel_group(views, index, producers, "mlp_mid")}
+
+    def layer_shape(self, index: int) -> dict[str, int]:
+        """Current query heads, KV heads and MLP channels of layer ``index`` (read from the weights)."""
+        groups = self.unit_groups(index)
+        heads = groups["heads"]
+        q_member = next(m for m in heads.members if m.role == "q")
+        return {"heads": q_member.index.numel() // self.head_dim, "kv_heads": heads.units,
+                "channels": groups["channels"].units}
+
+    def head_attributes(self, heads: int, kv_heads: int) -> dict[str, int]:
+        """Attributes of a layer's attention module (dotted local path -> value) that must follow
+        its head count after heads are removed; empty where the forward derives them from shapes."""
+        return {}
+
+    def stock_shape_fields(self, heads: int, kv_heads: int, channels: int) -> dict[str, int] | None:
+        """Config fields that make the stock model class build these shapes in *every* layer, or
+        None when the family's config cannot express them (e.g. head_dim derived from hidden/heads)."""
+        return None
 
     # ---- depth --------------------------------------------------------------------------
     def keep_layers(self, kept: list[int]) -> None:

@@ -29,11 +29,18 @@ class GPT2Adapter(Adapter):
     def role_rows(self, local_name, module):
         if local_name != "attn.c_attn":
             return {}
-        width = self.hidden_size
+        width = module.weight.shape[1] // 3  # [q | k | v], each as wide as the layer's heads (fewer once pruned)
         return {role: torch.arange(i * width, (i + 1) * width) for i, role in enumerate(("q", "k", "v"))}
 
     def norm_names(self):
         return ("ln_1", "ln_2")
+
+    def head_attributes(self, heads, kv_heads):
+        # c_attn's output is split into q, k, v by split_size
+        return {"attn.num_heads": heads, "attn.split_size": heads * self.head_dim}
+
+    def stock_shape_fields(self, heads, kv_heads, channels):
+        return {"n_inner": channels} if heads == self.num_heads else None
 
     @property
     def hidden_size(self) -> int:

@@ -32,6 +32,12 @@ class GPTNeoAdapter(Adapter):
     def norm_names(self):
         return ("ln_1", "ln_2")
 
+    def head_attributes(self, heads, kv_heads):
+        return {"attn.attention.num_heads": heads}
+
+    def stock_shape_fields(self, heads, kv_heads, channels):
+        return {"intermediate_size": channels} if heads == self.num_heads else None
+
     @property
     def num_heads(self) -> int:
         return int(self.config.num_heads)

@@ -25,10 +25,15 @@ class GPTNeoXAdapter(Adapter):
         if local_name != "attention.query_key_value":
             return {}
         # The fused output is viewed as [heads, 3 * head_dim]: head h holds q, k, v back to back.
-        heads, dim = self.num_heads, self.head_dim
+        dim = self.head_dim
+        heads = module.weight.shape[0] // (3 * dim)  # the layer's own head count (fewer once pruned)
         base = torch.arange(heads).unsqueeze(1) * 3 * dim
         offsets = torch.arange(dim).unsqueeze(0)
         return {role: (base + i * dim + offsets).reshape(-1) for i, role in enumerate(("q", "k", "v"))}
 
     def norm_names(self):
         return ("input_layernorm", "post_attention_layernorm")
+
+    def stock_shape_fields(self, heads, kv_heads, channels):
+        # the forward derives heads from the fused width; head_size comes from hidden / heads
+        return {"intermediate_size": channels} if heads == self.num_heads else None

@@ -24,3 +24,11 @@ class LlamaAdapter(Adapter):
 
     def norm_names(self):
         return ("input_layernorm", "post_attention_layernorm")
+
+    def head_attributes(self, heads, kv_heads):
+        return {"self_attn.num_key_value_groups": heads // kv_heads}
+
+    def stock_shape_fields(self, heads, kv_heads, channels):
+        # head_dim is an explicit config field here, so fewer heads keep their width
+        return {"num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": self.head_dim,
+                "intermediate_size": channels}

@@ -23,3 +23,10 @@ class OPTAdapter(Adapter):
 
     def norm_names(self):
         return ("self_attn_layer_norm", "final_layer_norm")
+
+    def head_attributes(self, heads, kv_heads):
+        return {"self_attn.num_heads": heads}
+
+    def stock_shape_fields(self, heads, kv_heads, channels):
+        # OPT derives head_dim from hidden_size / heads: only the MLP width is expressible
+        return {"ffn_dim": channels} if heads == self.num_heads else None

@@ -1,0 +1,131 @@
+"""Keep a structurally pruned model's config truthful, so its checkpoint reloads.
+
+Transformers configs hold one head count and one MLP width for all layers. After width pruning:
+- if every layer has the same shape and the family's config can express it (Llama-like configs
+  carry an explicit ``head_dim``; every family has an MLP-width field), the stock config fields
+  are rewritten and the checkpoint loads with plain ``AutoModelForCausalLM.from_pretrained``;
+- otherwise (per-layer shapes, or head counts a config would turn into a different head width)
+  the exact shape of every decoder linear and the attention attributes are stored in the config
+  under ``prunekit_shapes``, and a small ``modeling_prunekit.py`` registered through ``auto_map``
+  rebuilds those shapes — ``from_pretrained(..., trust_remote_code=True)`` then loads it. The file
+  depends on torch and transformers only, not on prunekit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..models.adapters.base import Adapter
+
+SHAPES_KEY = "prunekit_shapes"
+REMOTE_FILE = "modeling_prunekit.py"
+
+_REMOTE_CODE = '''"""Written by prunekit: rebuild the per-layer shapes of a structurally pruned checkpoint.
+
+The config's ``prunekit_shapes`` lists the shape of every decoder linear map and the attention
+attributes that follow the head count; the stock model is built, then those maps are replaced by
+maps of the stored shapes before the weights are loaded. Load with
+``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``.
+"""
+
+import transformers
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+def rebuild_pruned_shapes(model, spec):
+    for name, entry in spec["linears"].items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        if entry["class"] == "Conv1D":
+            new = Conv1D(entry["out"], entry["in"])
+        else:
+            new = nn.Linear(entry["in"], entry["out"], bias=entry["bias"])
+        setattr(parent, child, new.to(device=old.weight.device, dtype=old.weight.dtype))
+    for path, value in spec["attributes"].items():
+        owner, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(owner), attr, value)
+
+
+# transformers renames legacy checkpoint keys (e.g. GPT-NeoX's embed_out -> lm_head) only for its own
+# classes; give this subclass the same renaming as the class it extends.
+try:
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+
+    _renames = get_checkpoint_conversion_mapping("{base}") or get_checkpoint_conversion_mapping("{model_type}")
+    if _renames:
+        register_checkpoint_conversion_mapping("{name}", _renames, overwrite=True)
+except ImportError:  # older transformers: no conversion registry, nothing to rename
+    pass
+
+
+class {name}(transformers.{base}):
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        rebuild_pruned_shapes(self, config.{key})
+'''
+
+
+def layer_shapes(adapter: Adapter) -> list[dict[str, int]]:
+    return [adapter.layer_shape(i) for i in range(adapter.num_layers())]
+
+
+def sync_config_shapes(adapter: Adapter) -> str:
+    """Rewrite ``adapter``'s config for the model's current layer shapes; ``"stock"`` or ``"per-layer"``."""
+    config = adapter.config
+    shapes = layer_shapes(adapter)
+    uniform = all(shape == shapes[0] for shape in shapes)
+    fields = adapter.stock_shape_fields(**shapes[0]) if uniform and shapes else None
+    if fields is not None:
+        for key, value in fields.items():
+            setattr(config, key, value)
+        if hasattr(config, SHAPES_KEY):
+            delattr(config, SHAPES_KEY)
+        auto_map = dict(getattr(config, "auto_map", None) or {})
+        if auto_map.get("AutoModelForCausalLM", "").startswith("modeling_prunekit."):
+            del auto_map["AutoModelForCausalLM"]
+            config.auto_map = auto_map or None
+        return "stock"
+    linears, attributes = {}, {}
+    for index, shape in enumerate(shapes):
+        for view in adapter.linears(index):
+            module = view.module
+            linears[view.name] = {"class": "Conv1D" if view.transposed else "Linear", "out": view.out_features,
+                                  "in": view.in_features, "bias": getattr(module, "bias", None) is not None}
+        prefix = adapter.layer_prefix(index)
+        for path, value in adapter.head_attributes(shape["heads"], shape["kv_heads"]).items():
+            attributes[f"{prefix}.{path}"] = value
+    setattr(config, SHAPES_KEY, {"linears": linears, "attributes": attributes})
+    auto_map = dict(getattr(config, "auto_map", None) or {})
+    auto_map["AutoModelForCausalLM"] = f"modeling_prunekit.{_remote_class(adapter)}"
+    config.auto_map = auto_map
+    return "per-layer"
+
+
+def _stock_class(model) -> str:
+    """The transformers class a (possibly already prunekit-rebuilt) model derives from."""
+    import transformers
+
+    for cls in type(model).__mro__:
+        if not cls.__name__.startswith("Prunekit") and getattr(transformers, cls.__name__, None) is cls:
+            return cls.__name__
+    raise TypeError(f"{type(model).__name__} does not derive from a transformers model class")
+
+
+def _remote_class(adapter: Adapter) -> str:
+    return "Prunekit" + _stock_class(adapter.model)
+
+
+def needs_remote_code(config) -> bool:
+    return getattr(config, SHAPES_KEY, None) is not None
+
+
+def remote_code_text(base: str, model_type: str) -> str:
+    """The ``modeling_prunekit.py`` source for a model deriving from ``transformers.<base>``."""
+    return _REMOTE_CODE.format(name="Prunekit" + base, base=base, model_type=model_type, key=SHAPES_KEY)
+
+
+def write_remote_code(model, directory: Path) -> None:
+    """Write ``modeling_prunekit.py`` beside a per-layer-shaped checkpoint."""
+    (directory / REMOTE_FILE).write_text(remote_code_text(_stock_class(model), model.config.model_type))

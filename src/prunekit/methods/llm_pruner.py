@@ -1,0 +1,257 @@
+"""LLM-Pruner (Ma et al., 2023): remove coupled attention-head and MLP-channel groups by Taylor importance.
+
+Units come from the adapter (:mod:`prunekit.models.adapters.units`): a head group is the rows of
+q/k/v of one head (or one KV group under GQA) plus the matching columns of o; a channel group is a
+row of gate/up (fc1) plus a column of down (fc2). Each member's importance is summed over the
+unit's weights, then the members are aggregated into the group's score:
+
+- ``element1``: ``|w · ∂L/∂w|`` (first-order Taylor; the reference default);
+- ``element2``: ``|w · ∂L/∂w − ½ w² F|`` with the Fisher diagonal ``F = mean(gᵢ²)`` over windows;
+- ``vector``: ``|Σ_{w ∈ unit} w · ∂L/∂w|``;
+- ``l1`` / ``l2``: weight-norm baselines; ``random``: seeded baseline.
+
+``ratio`` is the fraction of heads (KV groups) and of MLP channels removed in each layer of the
+``layer_range`` (the reference keeps the first layers and the last ones: LLaMA-7B layers 4–30 of
+32, here expressed as fractions of depth); ``param_ratio`` instead chooses the per-layer ratio
+whose removal is closest to that fraction of *all* parameters. ``global_ranking`` ranks units of
+all selected layers together, never emptying a layer. Removed units are cut out physically.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..capture.gradients import weight_gradients
+from ..errors import ArgumentError
+from ..io.shapes import sync_config_shapes
+from ..models.adapters.units import UnitGroup
+from ..surgery.shrink import remove_units
+from .base import WidthMethod, register
+
+IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random")
+AGGREGATES = ("sum", "mean", "max", "prod", "last")
+KINDS = ("heads", "channels")
+
+
+@dataclass
+class LLMPrunerOptions:
+    ratio: float | None = field(default=None, metadata={
+        "help": "width: fraction of heads (KV groups) and MLP channels removed in each selected layer"})
+    param_ratio: float | None = field(default=None, metadata={
+        "help": "width: instead of --ratio, the fraction of all parameters to remove (per-layer ratio solved for)"})
+    importance: str = field(default="element1", metadata={"choices": IMPORTANCES,
+                                                           "help": "width: Taylor element1/element2/vector, or l1/l2/random"})
+    aggregate: str = field(default="sum", metadata={"choices": AGGREGATES,
+                                                    "help": "width: how member importances form a group's score"})
+    layer_range: str = field(default="0.125:0.9375", metadata={
+        "help": "width: START:END layers to prune, as fractions of depth (with a '.') or indices, END exclusive "
+                "(default 0.125:0.9375 = LLaMA-7B's 4:30 of 32)"})
+    global_ranking: bool = field(default=False, metadata={"help": "width: rank units of all selected layers together"})
+    head_grouping: str = field(default="kv", metadata={
+        "choices": ("kv", "query"),
+        "help": "width: GQA unit = a KV head with its query heads (kv) or one query head, removed equally per KV group (query)"})
+    units: str = field(default="heads,channels", metadata={"help": "width: which units to prune: heads, channels or both"})
+    random_seed: int = field(default=0, metadata={"help": "width: seed of --importance random"})
+    checkpointing: bool = field(default=False, metadata={"help": "width: gradient checkpointing for the Taylor pass"})
+
+
+def parse_layer_range(text: str, depth: int) -> list[int]:
+    """``"0.125:0.9375"`` (fractions of depth, rounded) or ``"4:28"`` (indices) -> layer indices."""
+    try:
+        start_text, end_text = text.split(":")
+        fractional = "." in text
+        start = round(float(start_text) * depth) if fractional else int(start_text)
+        end = round(float(end_text) * depth) if fractional else int(end_text)
+    except ValueError:
+        raise ArgumentError(f"--layer-range must be START:END (fractions like 0.125:0.9375 or indices like 4:28), got '{text}'") from None
+    if fractional and not (0 <= float(start_text) < float(end_text) <= 1):
+        raise ArgumentError(f"--layer-range fractions must satisfy 0 <= START < END <= 1, got '{text}'")
+    if not 0 <= start < end <= depth:
+        raise ArgumentError(f"--layer-range {text} selects no layers of a {depth}-layer model (0 <= START < END <= {depth})")
+    return list(range(start, end))
+
+
+def member_scores(group: UnitGroup, importance: str, grads: dict, fishers: dict | None, generator) -> torch.Tensor:
+    """(members, units) importance of each member of each unit."""
+    if importance == "random":
+        return torch.rand(1, group.units, generator=generator)
+    rows = []
+    for member in group.members:
+        view = member.view
+        w = view.weight.detach().float()
+        if importance in ("l1", "l2"):
+            elements = w.abs() if importance == "l1" else w * w
+        else:
+            g = grads[id(view.module)]
+            g = g.t() if view.transposed else g
+            if importance == "element1":
+                elements = (w * g).abs()
+            elif importance == "element2":
+                f = fishers[id(view.module)]
+                f = f.t() if view.transposed else f
+                elements = (w * g - 0.5 * w * w * f).abs()
+            else:  # vector: signed sums, absolute value per unit
+                elements = w * g
+        lines = elements.sum(dim=1 - member.axis)  # one value per row (axis 0) or column (axis 1)
+        unit = lines[member.index.to(lines.device)].sum(dim=1)
+        rows.append(unit.abs() if importance == "vector" else unit)
+    return torch.stack(rows).cpu()
+
+
+def aggregate(scores: torch.Tensor, how: str) -> torch.Tensor:
+    if scores.shape[0] == 1 or how == "last":
+        return scores[-1]
+    return {"sum": scores.sum(0), "mean": scores.mean(0), "max": scores.amax(0), "prod": scores.prod(0)}[how]
+
+
+def unit_params(group: UnitGroup) -> int:
+    """Parameters one unit of ``group`` carries (weights and bias entries)."""
+    total = 0
+    for member in group.members:
+        width = member.index.shape[1]
+        other = member.view.weight.shape[1 - member.axis]
+        has_bias = member.axis == 0 and getattr(member.view.module, "bias", None) is not None
+        total += width * (other + (1 if has_bias else 0))
+    return total
+
+
+def removal_count(group: UnitGroup, ratio: float) -> int:
+    """Units removed from ``group`` at ``ratio`` (per KV group when the units are partitioned)."""
+    per_block = round(ratio * group.block + 1e-9)
+    return per_block * group.partition
+
+
+def choose_removed(group: UnitGroup, scores: torch.Tensor, count: int) -> list[int]:
+    """The ``count`` lowest-scored units, taken equally from each partition block."""
+    if count == 0:
+        return []
+    per_block = count // group.partition
+    removed: list[int] = []
+    for b in range(group.partition):
+        block = scores[b * group.block : (b + 1) * group.block]
+        removed += (torch.sort(block, stable=True).indices[:per_block] + b * group.block).tolist()
+    return sorted(removed)
+
+
+@register
+class LLMPruner(WidthMethod):
+    name = "llm-pruner"
+    summary = "structured width pruning of coupled head/channel groups by Taylor importance (LLM-Pruner)"
+    needs = frozenset({"gradients"})
+    default_calib = "pg19"  # books, the closest local corpus to the reference's BookCorpus
+    default_nsamples = 10
+    default_calib_seqlen = 64
+    Options = LLMPrunerOptions
+
+    def __init__(self, target, options=None):
+        super().__init__(target, options)
+        if self.options.importance in ("l1", "l2", "random"):
+            self.needs = frozenset()
+
+    @classmethod
+    def validate_options(cls, options):
+        given = [v for v in (options.ratio, options.param_ratio) if v is not None]
+        if len(given) != 1:
+            raise ArgumentError("give exactly one of --ratio (per-layer fraction) or --param-ratio (fraction of all parameters)")
+        if options.ratio is not None and not 0 <= options.ratio < 1:
+            raise ArgumentError(f"--ratio must be in [0, 1) (got {options.ratio})")
+        if options.param_ratio is not None and not 0 < options.param_ratio < 1:
+            raise ArgumentError(f"--param-ratio must be in (0, 1) (got {options.param_ratio})")
+        kinds = [k.strip() for k in options.units.split(",") if k.strip()]
+        if not kinds or any(k not in KINDS for k in kinds):
+            raise ArgumentError(f"--units must name heads and/or channels, got '{options.units}'")
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k in KINDS if k in self.options.units]
+
+    def prune_width(self, loaded, calib_ids, *, progress: bool) -> dict:
+        adapter = loaded.adapter
+        opts = self.options
+        layers = parse_layer_range(opts.layer_range, adapter.num_layers())
+        groups = {i: adapter.unit_groups(i, opts.head_grouping) for i in layers}
+        if opts.global_ranking and opts.head_grouping == "query" and any(g["heads"].partition > 1 for g in groups.values()):
+            raise ArgumentError("--global-ranking with --head-grouping query cannot keep KV groups equal; use --head-grouping kv")
+        params_before = sum(p.numel() for p in loaded.model.parameters())
+        ratio = opts.ratio if opts.ratio is not None else self._solve_ratio(groups, params_before)
+        self._check_not_emptying(groups, ratio)
+
+        started = time.perf_counter()
+        grads = fishers = None
+        loss = None
+        if opts.importance in ("element1", "element2", "vector"):
+            modules = {id(m.view.module): m.view.module for g in groups.values() for k in self.kinds for m in g[k].members}
+            params = [m.weight for m in modules.values()]
+            grad_list, fisher_list, loss = weight_gradients(loaded.model, params, calib_ids, fisher=opts.importance == "element2",
+                                                            checkpointing=opts.checkpointing, progress=progress)
+            grads = dict(zip(modules, grad_list))
+            fishers = dict(zip(modules, fisher_list)) if fisher_list is not None else None
+        generator = torch.Generator().manual_seed(opts.random_seed)
+        scores = {(i, k): aggregate(member_scores(g[k], opts.importance, grads, fishers, generator), opts.aggregate)
+                  for i, g in groups.items() for k in self.kinds}
+        del grads, fishers
+        scoring_seconds = time.perf_counter() - started
+
+        if opts.global_ranking:
+            plan = self._global_plan(groups, scores, ratio)
+        else:
+            plan = {(i, k): choose_removed(groups[i][k], scores[(i, k)], removal_count(groups[i][k], ratio))
+                    for i in layers for k in self.kinds}
+        layer_reports = []
+        for i in layers:
+            entry = {"index": i}
+            for k in self.kinds:
+                group = groups[i][k]
+                entry[k] = {"before": group.units, **remove_units(adapter, group, plan[(i, k)]),
+                            "scores": [round(float(s), 6) for s in scores[(i, k)]]}
+            layer_reports.append(entry)
+        config_mode = sync_config_shapes(adapter)
+        params_after = sum(p.numel() for p in loaded.model.parameters())
+        return {"ratio": ratio, "layers_pruned": layers, "importance": opts.importance, "aggregate": opts.aggregate,
+                "head_grouping": opts.head_grouping, "calibration_loss": loss, "params_before": params_before,
+                "params_after": params_after, "params_removed_fraction": 1 - params_after / params_before,
+                "config": config_mode, "layers": layer_reports,
+                "seconds": {"importance": round(scoring_seconds, 3), "total": round(time.perf_counter() - started, 3)}}
+
+    def _check_not_emptying(self, groups: dict, ratio: float) -> None:
+        for i, g in groups.items():
+            for k in self.kinds:
+                if removal_count(g[k], ratio) >= g[k].units:
+                    unit = "heads (KV groups)" if k == "heads" else "MLP channels"
+                    raise ArgumentError(f"ratio {ratio:.3f} would remove every one of the {g[k].units} {unit} of layer {i}")
+
+    def _solve_ratio(self, groups: dict, total_params: int) -> float:
+        """The per-layer ratio whose removal is closest to ``param_ratio`` of all parameters."""
+        target = self.options.param_ratio * total_params
+        best = (math.inf, 0.0)
+        for step in range(1000):
+            ratio = step / 1000
+            try:
+                self._check_not_emptying(groups, ratio)
+            except ArgumentError:
+                break
+            removed = sum(removal_count(g[k], ratio) * unit_params(g[k]) for g in groups.values() for k in self.kinds)
+            best = min(best, (abs(removed - target), ratio))
+        if best[1] == 0.0:
+            raise ArgumentError(f"--param-ratio {self.options.param_ratio} cannot be reached within the selected layers")
+        return best[1]
+
+    def _global_plan(self, groups: dict, scores: dict, ratio: float) -> dict:
+        plan = {}
+        for k in self.kinds:
+            pool = [(float(s), i, u) for i, g in groups.items() for u, s in enumerate(scores[(i, k)])]
+            budget = sum(removal_count(g[k], ratio) for g in groups.values())
+            taken: dict[int, list[int]] = {i: [] for i in groups}
+            for score, i, u in sorted(pool):
+                if budget == 0:
+                    break
+                if len(taken[i]) < groups[i][k].units - 1:  # never empty a layer
+                    taken[i].append(u)
+                    budget -= 1
+            for i in groups:
+                plan[(i, k)] = sorted(taken[i])
+        return plan
