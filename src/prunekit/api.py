@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .capture import layerwise
+from .capture.paired import paired_layerwise
 from .data import calibration_windows, evaluation_windows, resolve_data_root
 from .errors import ArgumentError
 from .eval.perplexity import perplexity
@@ -114,11 +115,15 @@ def prune(
         return {"step": {"method": method_cls.name, "options": vars(parsed_options)}, "calibration": calib_record,
                 "width": width, "sparsity": {}, "layers": [], "timings": timings, "peak_rss_mb": peak_rss_mb()}
 
-    results = layerwise(
-        loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, collect_upfront=pruner.collect_upfront,
-        views_for=views_for,
-        layers=layer_ids, batch_size=batch_size, stats_dtype=pruner.stats_dtype, progress=progress,
-    )
+    if getattr(pruner, "engine", "layerwise") == "paired":
+        results = paired_layerwise(loaded, pruner.prune_paired, calib_ids=calib_ids, correction=parsed_options.correction,
+                                   layers=layer_ids, views_for=views_for, batch_size=batch_size, progress=progress)
+    else:
+        results = layerwise(
+            loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, collect_upfront=pruner.collect_upfront,
+            views_for=views_for, layers=layer_ids, batch_size=batch_size, stats_dtype=pruner.stats_dtype,
+            progress=progress,
+        )
     modules: dict[str, dict] = {}
     layer_reports = []
     for index, reports, seconds in results:

@@ -1,0 +1,147 @@
+"""FISTAPruner: the solver's numerics, the λ search, exact targets, correction modes."""
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.capture.paired import PairedStatistics
+from prunekit.errors import ArgumentError
+from prunekit.methods.fista import FistaOptions, Problem, fista, refit, solve
+from prunekit.recipe import CalibrationSettings
+from prunekit.sparsity import SparsityTarget, check_nm
+
+FAST = CalibrationSettings(corpus="c4", nsamples=4, seqlen=32, seed=0, batch_size=2)
+
+
+def _random_problem(rows=12, cols=20, tokens=200, seed=0, correlated=True):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(tokens, cols, generator=g)
+    if correlated:
+        X = X @ torch.randn(cols, cols, generator=g) * torch.logspace(0, 1.5, cols)  # outlier-like features
+    Xs = X + 0.1 * torch.randn(tokens, cols, generator=g)  # inputs after pruned predecessors
+    W = torch.randn(rows, cols, generator=g)
+    stats = PairedStatistics(X.t() @ X, Xs.t() @ Xs, X.t() @ Xs, tokens)
+    return W, stats, X, Xs
+
+
+def test_problem_matches_the_definition():
+    W, stats, X, Xs = _random_problem()
+    problem = Problem.from_statistics(W, stats)
+    W_hat = W * (torch.rand(W.shape, generator=torch.Generator().manual_seed(1)) > 0.5)
+    direct = ((X @ W.t() - Xs @ W_hat.t()) ** 2).sum() / stats.tokens
+    assert problem.smooth(W_hat) == pytest.approx(float(direct), rel=1e-4)
+    assert problem.relative_error(W_hat) == pytest.approx(float(direct / ((X @ W.t()) ** 2).sum() * stats.tokens), rel=1e-4)
+
+
+def test_objective_is_non_increasing_and_converges():
+    W, stats, _, _ = _random_problem()
+    problem = Problem.from_statistics(W, stats)
+    trace: list[float] = []
+    lam = 0.05 * float(problem.C.abs().max())
+    fista(problem, W, lam, 300, 1e-10, trace=trace)
+    for before, after in zip(trace, trace[1:]):
+        assert after <= before + 1e-4 * abs(before), (before, after)
+    assert trace[-1] < problem.objective(W, lam)
+
+
+def test_refit_is_least_squares_on_the_support():
+    W, stats, _, _ = _random_problem(correlated=False)
+    problem = Problem.from_statistics(W, stats)
+    keep = torch.rand(W.shape, generator=torch.Generator().manual_seed(2)) > 0.4
+    fitted, _ = refit(problem, W * keep, keep, 200, 1e-12)
+    assert torch.equal(fitted == 0, ~keep | (fitted == 0))
+    for row in range(W.shape[0]):
+        s = keep[row]
+        exact = torch.linalg.solve(problem.G[s][:, s].double(), problem.C[row, s].double())
+        torch.testing.assert_close(fitted[row, s].double(), exact, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", [SparsityTarget(sparsity=0.5), SparsityTarget(n=2, m=4)])
+def test_solve_hits_target_and_beats_its_warm_start(target):
+    W, stats, _, _ = _random_problem(rows=16, cols=32)
+    problem = Problem.from_statistics(W, stats)
+    new, report = solve(W, stats, target, FistaOptions())
+    assert abs(report["sparsity_before_projection"] - 0.5) <= 0.02
+    if target.is_nm:
+        assert check_nm(new, 2, 4)
+    else:
+        assert bool(((new == 0).sum(1) >= 16).all())
+    assert report["objective_final"] <= report["objective_warm_start"]
+    assert problem.smooth(new) == pytest.approx(report["objective_final"], rel=1e-5)
+
+
+@pytest.mark.parametrize("correction", ["intra", "none", "intra+inter"])
+def test_exact_targets_on_a_tiny_model(tiny_model_dir, correction):
+    for target in ({"sparsity": 0.5}, {"pattern": "2:4"}):
+        lm = prunekit.load(tiny_model_dir("llama"))
+        record = prunekit.prune(lm, "fista", calibration=FAST, progress=False, correction=correction, **target)
+        for index in range(lm.adapter.num_layers()):
+            for view in lm.adapter.linears(index):
+                if "pattern" in target:
+                    assert check_nm(view.weight, 2, 4), view.name
+                else:
+                    assert bool(((view.weight == 0).sum(1) >= view.in_features // 2).all()), view.name
+        module = record["layers"][0]["modules"]["model.layers.0.self_attn.q_proj"]
+        assert {"lambda", "bisection_steps", "fista_iterations", "objective_warm_start", "objective_final",
+                "recon_error", "seconds"} <= set(module)
+
+
+def test_no_correction_sees_only_dense_inputs(tiny_model_dir):
+    """With correction none, G = K = D; with intra the o-projection's inputs differ once q/k/v are pruned."""
+    from prunekit.capture import paired
+
+    seen = {}
+    original = paired.paired_statistics
+
+    def spy(dense_layer, layer, view, dense, star, batch_size):
+        stats = original(dense_layer, layer, view, dense, star, batch_size)
+        seen[(star is None, view.local_name)] = stats
+        return stats
+
+    paired.paired_statistics = spy
+    try:
+        for correction in ("none", "intra"):
+            lm = prunekit.load(tiny_model_dir("llama"))
+            prunekit.prune(lm, "fista", sparsity=0.5, layers="0", calibration=FAST, progress=False, correction=correction)
+    finally:
+        paired.paired_statistics = original
+    none = seen[(True, "self_attn.o_proj")]
+    assert none.gram is none.dense_gram and none.cross is none.dense_gram
+    intra = seen[(False, "self_attn.o_proj")]
+    assert not torch.allclose(intra.gram, intra.dense_gram)
+    q = seen[(False, "self_attn.q_proj")]  # first operator: no pruned predecessor, X* = X
+    torch.testing.assert_close(q.gram, q.dense_gram)
+
+
+def test_bad_fista_options(tiny_model_dir):
+    lm = prunekit.load(tiny_model_dir("llama"))
+    with pytest.raises(ArgumentError, match="--iterations"):
+        prunekit.prune(lm, "fista", sparsity=0.5, iterations=0, progress=False)
+    with pytest.raises(ArgumentError, match="--correction"):
+        prunekit.prune(lm, "fista", sparsity=0.5, correction="inter", progress=False)
+
+
+@pytest.mark.real_model
+def test_objective_non_increasing_on_a_real_layer(real_lm, data_root):
+    """FISTA on the real model's layer-3 up-projection statistics: the objective never rises (tolerance 1e-4)."""
+    from prunekit.capture.layerwise import _first_layer_inputs, _run_layer
+    from prunekit.capture.paired import paired_statistics
+    from prunekit.data import calibration_windows
+
+    windows = calibration_windows(real_lm.tokenizer, "c4", nsamples=4, seqlen=128, seed=0, data_root=data_root)
+    inputs = _first_layer_inputs(real_lm, windows.ids, 4, False)
+    out = torch.empty_like(inputs.hidden)
+    for index in range(3):
+        _run_layer(real_lm.adapter.decoder_layers()[index], inputs, out, 4)
+        inputs.hidden, out = out, inputs.hidden
+    layer = real_lm.adapter.decoder_layers()[3]
+    view = next(v for v in real_lm.adapter.linears(3) if v.roles == ("up",))
+    stats = paired_statistics(layer, layer, view, inputs, inputs, 4)
+    weight = view.weight.detach().float()
+    problem = Problem.from_statistics(weight, stats)
+    trace: list[float] = []
+    fista(problem, weight, 0.002, 60, 1e-12, trace=trace)
+    for before, after in zip(trace, trace[1:]):
+        assert after <= before + 1e-4 * abs(before), (before, after)
+    assert trace[-1] < trace[0]
+    assert float((problem.from_scaled(problem.to_scaled(weight)) - weight).abs().max()) < 1e-5
