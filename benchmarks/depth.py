@@ -2,6 +2,7 @@
 removed per metric, and the speed/size of a model with ~25% of its layers removed.
 
 Run:  python benchmarks/depth.py [--nsamples 32] [--calib-seqlen 2048] [--eval-windows 16] [--parts bi,sweep,speed]
+      [--ppl-nsamples 8] [--ppl-seqlen 256]
 Writes benchmarks/results/depth.json, depth.md, depth_bi.png and depth_sweep.png. Finished parts
 are kept in the JSON and skipped on the next run.
 """
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 import prunekit
 from prunekit.api import block_influence
 from prunekit.data import evaluation_windows, resolve_data_root
 from prunekit.eval.perplexity import perplexity
+from prunekit.methods.shortgpt import ShortGPT
 from prunekit.recipe import CalibrationSettings
 
 from common import RESULTS, SHARED_MODELS, checkpoint_mb, load_results, markdown_table, store_results, timings
@@ -35,6 +39,50 @@ def overlap(a: list[int], b: list[int], k: int) -> float:
     return len(set(a[:k]) & set(b[:k])) / k
 
 
+def removal_sets(base, entry: dict, calib: dict, args, depth: int) -> dict:
+    """For each metric, a function count -> layers it removes — computed once, not per count.
+
+    BI and the greedy perplexity order are nested (the first n of one ranking), so one scoring
+    pass serves every count; the angular block needs the same last-token states for each n.
+    Reverse and random use the method's own plans. Each set is then removed through
+    ``shortgpt --layers`` so every point runs the same removal code.
+    """
+    from prunekit.capture import angular_distances, layer_io_statistics
+    from prunekit.data import calibration_windows, resolve_data_root
+
+    windows = calibration_windows(base.tokenizer, "pg19", nsamples=args.nsamples, seqlen=args.calib_seqlen, seed=0,
+                                  data_root=resolve_data_root())
+    stats = layer_io_statistics(base, windows.ids, batch_size=max(1, 4096 // args.calib_seqlen), progress=True)
+    bi_order = torch.sort(stats["bi"], stable=True).indices.tolist()
+    if "greedy_ppl_order" not in entry:
+        record = prunekit.prune(_copy(base), "shortgpt", remove_layers=max(counts_for(depth)), metric="ppl",
+                                calibration=CalibrationSettings(corpus="pg19", nsamples=args.ppl_nsamples,
+                                                                seqlen=args.ppl_seqlen), progress=True)
+        entry["greedy_ppl_order"] = record["depth"]["removal_order"]
+    greedy_order = entry["greedy_ppl_order"]
+
+    def angular(count: int) -> list[int]:
+        start = int(torch.argmin(angular_distances(stats["last_token"], count)))
+        return list(range(start, start + count))
+
+    def planned(metric: str):
+        return lambda count: ShortGPT(None, ShortGPT.parse_options({"remove_layers": count, "metric": metric})).plan(
+            base, None, batch_size=1, progress=False)["remove"]
+
+    return {"bi": lambda n: bi_order[:n], "angular": angular, "ppl": lambda n: greedy_order[:n],
+            "reverse": planned("reverse"), "random": planned("random")}
+
+
+def _copy(lm):
+    import copy
+
+    from prunekit.models.adapters import adapter_for
+    from prunekit.models.loading import LoadedModel
+
+    model = copy.deepcopy(lm.model)
+    return LoadedModel(model, lm.tokenizer, adapter_for(model), dict(lm.source))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nsamples", type=int, default=32)
@@ -42,6 +90,8 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=16, help="WikiText-2 windows per sweep point")
     parser.add_argument("--eval-seqlen", type=int, default=2048)
     parser.add_argument("--parts", default="bi,sweep,speed")
+    parser.add_argument("--ppl-nsamples", type=int, default=8, help="calibration windows of the greedy ppl metric")
+    parser.add_argument("--ppl-seqlen", type=int, default=256, help="their length (the greedy search runs ~230 evaluations)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     path = RESULTS / "depth.json"
@@ -64,14 +114,15 @@ def main() -> None:
             sweep = entry.setdefault("sweep", {})
             if "0" not in sweep:
                 sweep["0"] = {m: perplexity(base.model, windows, progress=False)["ppl"] for m in ("dense",)}
+            orders = removal_sets(base, entry, calib, args, depth)
             for count in counts_for(depth):
                 for metric in METRICS:
                     point = sweep.setdefault(str(count), {})
                     if metric in point:
                         continue
                     lm = prunekit.load(model_dir)
-                    record = prunekit.prune(lm, "shortgpt", remove_layers=count, metric=metric,
-                                            calibration=calib["pg19"], progress=False)
+                    remove = orders[metric](count)
+                    record = prunekit.prune(lm, "shortgpt", layers=",".join(map(str, remove)), progress=False)
                     point[metric] = perplexity(lm.model, windows, progress=False)["ppl"]
                     point[f"{metric}_removed"] = record["depth"]["remove"]
                     store_results(path, results)
@@ -94,7 +145,8 @@ def main() -> None:
 def write_outputs(results: dict, args) -> None:
     from prunekit.report import bar_plot
 
-    lines = [f"Calibration {args.nsamples} windows x {args.calib_seqlen} tokens; sweep perplexity on the first "
+    lines = [f"Calibration {args.nsamples} PG19 windows x {args.calib_seqlen} tokens (greedy ppl metric: "
+             f"{args.ppl_nsamples} x {args.ppl_seqlen}); sweep perplexity on the first "
              f"{args.eval_windows} WikiText-2 test windows of {args.eval_seqlen} tokens. "
              "Generated by `python benchmarks/depth.py`.\n"]
     for name, entry in results.items():
