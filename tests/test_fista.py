@@ -145,3 +145,15 @@ def test_objective_non_increasing_on_a_real_layer(real_lm, data_root):
         assert after <= before + 1e-4 * abs(before), (before, after)
     assert trace[-1] < trace[0]
     assert float((problem.from_scaled(problem.to_scaled(weight)) - weight).abs().max()) < 1e-5
+
+
+def test_parallel_workers_give_identical_weights(tiny_model_dir):
+    weights = {}
+    for workers in (1, 2):
+        lm = prunekit.load(tiny_model_dir("llama"))
+        prunekit.prune(lm, "fista", sparsity=0.5, calibration=FAST, progress=False, workers=workers)
+        weights[workers] = {v.name: v.weight.clone() for i in range(2) for v in lm.adapter.linears(i)}
+    for name, weight in weights[1].items():
+        assert torch.equal(weight, weights[2][name]), name
+    with pytest.raises(ArgumentError, match="--workers"):
+        prunekit.prune(lm, "fista", sparsity=0.5, workers=2, correction="intra+inter", progress=False)

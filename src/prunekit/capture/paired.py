@@ -95,6 +95,37 @@ def paired_statistics(dense_layer: torch.nn.Module, layer: torch.nn.Module, view
     return PairedStatistics(D, G, K, tokens)
 
 
+def prune_layer_paired(layer: torch.nn.Module, views: list[LinearView], prune_view: Callable, dense: _Inputs,
+                       star: _Inputs | None, correction: str, batch_size: int,
+                       dense_layer: torch.nn.Module | None = None) -> dict[str, dict]:
+    """Prune one decoder layer in place, operator group by operator group — a pure function of the
+    layer, its inputs and the arguments, so it runs the same in this process or in a worker.
+    ``dense_layer``: an unpruned copy of ``layer`` (made here when not given)."""
+    dense_layer = dense_layer if dense_layer is not None else copy.deepcopy(layer)  # for X and the target W X
+    reports: dict[str, dict] = {}
+    for group in _groups(views):
+        layer_star = (star or dense) if correction != "none" else None
+        stats = paired_statistics(dense_layer, layer, group[0], dense, layer_star, batch_size)
+        for view in group:
+            dense_weight = view.weight.detach().float().clone()
+            reports[view.name] = prune_view(view, dense_weight, stats)
+        del stats
+    return reports
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_job(layer: torch.nn.Module, specs: list[tuple], prune_view: Callable, dense: _Inputs, correction: str,
+                batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Worker side: rebuild the views on the received layer copy, prune, return the new weights."""
+    views = [LinearView(name=name, local_name=local, roles=roles, module=layer.get_submodule(local), input_group=group,
+                        transposed=transposed) for name, local, roles, group, transposed in specs]
+    reports = prune_layer_paired(layer, views, prune_view, dense, None, correction, batch_size)
+    return {view.name: view.weight.detach().clone() for view in views}, reports
+
+
 def paired_layerwise(
     loaded: LoadedModel,
     prune_view: Callable[[LinearView, torch.Tensor, PairedStatistics], dict],
@@ -105,11 +136,20 @@ def paired_layerwise(
     views_for: Callable[[int], list[LinearView]],
     batch_size: int,
     progress: bool = True,
+    workers: int = 1,
 ) -> list[tuple[int, dict[str, dict], float]]:
-    """Prune the selected layers operator group by operator group; ``prune_view(view, dense_weight,
-    stats)`` changes ``view`` in place and returns its report. Returns ``(index, reports, seconds)``."""
+    """Prune the selected layers; ``prune_view(view, dense_weight, stats)`` changes ``view`` in place
+    and returns its report. Returns ``(index, reports, seconds)`` per selected layer.
+
+    ``workers > 1`` (``intra``/``none`` only — their layer inputs come from the dense model, so
+    layers are independent): this process walks the dense model and hands each selected layer,
+    with a copy of its inputs, to a pool of spawned processes; at most ``workers`` layers (and
+    their input copies) are in flight. Each worker uses ``cpu_count // workers`` threads.
+    """
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}")
+    if workers > 1 and correction == "intra+inter":
+        raise ValueError("intra+inter feeds each layer the pruned model's states: its layers cannot run in parallel")
     adapter = loaded.adapter
     dense = _first_layer_inputs(loaded, calib_ids, batch_size, progress)
     star = _Inputs(dense.hidden.clone(), dense.extra_args, dense.kwargs) if correction == "intra+inter" else None
@@ -117,33 +157,65 @@ def paired_layerwise(
     star_out = torch.empty_like(dense.hidden) if star is not None else None
     selected = sorted(set(layers))
     last = selected[-1] if selected else -1
-    results = []
+    results: list[tuple[int, dict[str, dict], float]] = []
     bar = tqdm(total=len(selected), desc="layers", unit="layer", disable=not progress)
-    for index in range(last + 1):
-        layer = adapter.decoder_layers()[index]
-        started = time.perf_counter()
-        dense_layer = layer
-        if index in selected:
-            dense_layer = copy.deepcopy(layer)  # the dense operators, for X and for the target W X
-            reports: dict[str, dict] = {}
-            for group in _groups(views_for(index)):
-                layer_star = (star or dense) if correction != "none" else None
-                stats = paired_statistics(dense_layer, layer, group[0], dense, layer_star, batch_size)
-                for view in group:
-                    dense_weight = view.weight.detach().float().clone()
-                    reports[view.name] = prune_view(view, dense_weight, stats)
-                del stats
-        if index < last:
-            _run_layer(dense_layer, dense, dense_out, batch_size)
-            dense.hidden, dense_out = dense_out, dense.hidden
-            if star is not None:
-                _run_layer(layer, star, star_out, batch_size)
-                star.hidden, star_out = star_out, star.hidden
-        if index in selected:
+    pool = _pool(workers) if workers > 1 else None
+    pending: dict = {}
+
+    def collect(block: bool) -> None:
+        while pending and (block or len(pending) >= workers):
+            future = next(iter(pending))
+            index, started = pending.pop(future)
+            weights, reports = future.result()
+            views = {v.name: v for v in views_for(index)}
+            for name, weight in weights.items():
+                views[name].set_weight(weight)
             results.append((index, reports, time.perf_counter() - started))
             bar.update(1)
-            bar.set_postfix(layer=index, s=f"{results[-1][2]:.1f}")
-        del dense_layer
-    bar.close()
-    return results
 
+    try:
+        for index in range(last + 1):
+            layer = adapter.decoder_layers()[index]
+            started = time.perf_counter()
+            if index in selected and pool is not None:
+                collect(block=False)
+                specs = [(v.name, v.local_name, v.roles, v.input_group, v.transposed) for v in views_for(index)]
+                job = _Inputs(dense.hidden.clone(), dense.extra_args, dense.kwargs)
+                future = pool.submit(_worker_job, copy.deepcopy(layer), specs, prune_view, job, correction, batch_size)
+                pending[future] = (index, started)
+                if index < last:  # the layer here is still dense: it gives the next layer's dense inputs
+                    _run_layer(layer, dense, dense_out, batch_size)
+                    dense.hidden, dense_out = dense_out, dense.hidden
+                continue
+            dense_layer = layer
+            if index in selected:
+                dense_layer = copy.deepcopy(layer)
+                reports = prune_layer_paired(layer, views_for(index), prune_view, dense, star, correction, batch_size,
+                                             dense_layer)
+            if index < last:
+                _run_layer(dense_layer, dense, dense_out, batch_size)
+                dense.hidden, dense_out = dense_out, dense.hidden
+                if star is not None:
+                    _run_layer(layer, star, star_out, batch_size)
+                    star.hidden, star_out = star_out, star.hidden
+            if index in selected:
+                results.append((index, reports, time.perf_counter() - started))
+                bar.update(1)
+                bar.set_postfix(layer=index, s=f"{results[-1][2]:.1f}")
+            del dense_layer
+        collect(block=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return sorted(results, key=lambda r: r[0])
+
+
+def _pool(workers: int):
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,))

@@ -43,6 +43,8 @@ class FistaOptions:
     bisection_steps: int = field(default=20, metadata={"help": "fista: at most this many λ search steps"})
     sparsity_tolerance: float = field(default=0.005, metadata={
         "help": "fista: bisection stops when the zero fraction is this close to the target"})
+    workers: int = field(default=1, metadata={
+        "help": "fista: prune decoder layers in this many processes (intra/none: layers are independent)"})
     refit_iterations: int = field(default=50, metadata={
         "help": "fista: conjugate-gradient steps of the least-squares re-fit on the kept support (0: no re-fit)"})
 
@@ -229,6 +231,10 @@ class FISTAPruner(Method):
         for name in ("iterations", "final_iterations", "bisection_steps"):
             if getattr(options, name) < 1:
                 raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1")
+        if options.workers < 1:
+            raise ArgumentError("--workers must be at least 1")
+        if options.workers > 1 and options.correction == "intra+inter":
+            raise ArgumentError("--workers > 1 needs --correction intra or none (intra+inter chains the layers)")
         if options.refit_iterations < 0:
             raise ArgumentError("--refit-iterations must be at least 0")
         if not 0 < options.tol < 1 or not 0 < options.sparsity_tolerance < 0.5:
