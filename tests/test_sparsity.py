@@ -68,3 +68,25 @@ def test_nm_width_not_divisible():
     with pytest.raises(ArgumentError, match="divide"):
         nm_mask(torch.rand(2, 6), 2, 4)
     assert parse_pattern(" 2 : 4 ") == (2, 4)
+
+
+def test_lowest_mask_breaks_ties_like_a_stable_sort():
+    """The O(n) k-th-value selection prunes exactly what a stable sort of the scores would."""
+    import torch
+
+    from prunekit.sparsity import lowest_mask, prune_count
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        scores = torch.randint(0, 4, (6, 10), generator=generator).float()  # many ties
+        for fraction in (0.0, 0.3, 0.5, 0.9):
+            k = prune_count(10, fraction)
+            expected = torch.zeros(6, 10, dtype=torch.bool)
+            if k:
+                expected.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :k], True)
+            assert torch.equal(lowest_mask(scores, fraction, per_row=True), expected)
+            k = prune_count(60, fraction)
+            flat = torch.zeros(60, dtype=torch.bool)
+            if k:
+                flat[torch.sort(scores.reshape(-1), stable=True).indices[:k]] = True
+            assert torch.equal(lowest_mask(scores, fraction, per_row=False), flat.view(6, 10))
