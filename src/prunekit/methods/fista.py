@@ -24,7 +24,7 @@ import torch
 
 from ..capture.paired import CORRECTIONS, PairedStatistics
 from ..errors import ArgumentError
-from ..sparsity import SparsityTarget, lowest_mask, nm_mask
+from ..sparsity import SparsityTarget, select_mask, zero_fraction
 from .base import Method, register
 from .sparsegpt import sparsegpt_prune
 from .wanda import wanda_scores
@@ -154,13 +154,7 @@ def refit(problem: Problem, W: torch.Tensor, keep: torch.Tensor, iterations: int
 
 def project(W: torch.Tensor, target: SparsityTarget) -> torch.Tensor:
     """Boolean *keep* mask: exact target by magnitude (per row, or N largest of every M)."""
-    scores = W.abs()
-    prune = nm_mask(scores, target.n, target.m) if target.is_nm else lowest_mask(scores, target.fraction, per_row=True)
-    return ~prune
-
-
-def zero_fraction(W: torch.Tensor) -> float:
-    return float((W == 0).sum()) / W.numel()
+    return ~select_mask(W.abs(), target, per_row=True)
 
 
 def warm_start(kind: str, weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget) -> torch.Tensor:
@@ -171,8 +165,7 @@ def warm_start(kind: str, weight: torch.Tensor, stats: PairedStatistics, target:
                                        n=target.n, m=target.m, blocksize=128, percdamp=0.01, where="fista warm start")
         return pruned
     scores = weight.abs() if kind == "magnitude" else wanda_scores(weight, torch.diag(stats.gram))
-    prune = nm_mask(scores, target.n, target.m) if target.is_nm else lowest_mask(scores, target.fraction, per_row=True)
-    return weight.masked_fill(prune, 0)
+    return weight.masked_fill(select_mask(scores, target, per_row=True), 0)
 
 
 def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget, options: FistaOptions) -> tuple[torch.Tensor, dict]:

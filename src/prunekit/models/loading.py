@@ -206,7 +206,8 @@ def load_model(
             ) from exc
         raise ModelLoadError(f"cannot read the config of {load_from}: {exc}") from exc
     adapter_cls = _check_config(config, name)
-    if needs_remote_code(config) and not _own_remote_code(load_from, config):
+    trusted_code = _own_remote_code(load_from, config)
+    if needs_remote_code(config) and not trusted_code:
         raise ModelLoadError(f"{load_from} has per-layer pruned shapes but its {REMOTE_FILE} is not the one prunekit "
                              "writes; refusing to run foreign code (load it with transformers and trust_remote_code)")
     if num_layers is not None:
@@ -217,7 +218,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, device)
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(str(load_from), config=config, dtype=torch_dtype,
-                                                        trust_remote_code=_own_remote_code(load_from, config))
+                                                        trust_remote_code=trusted_code)
         tokenizer = AutoTokenizer.from_pretrained(str(load_from))
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model from {load_from}: {exc}") from exc
