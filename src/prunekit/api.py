@@ -22,11 +22,11 @@ from .data import calibration_windows, evaluation_windows, resolve_data_root
 from .errors import ArgumentError
 from .eval.perplexity import perplexity
 from .io import peak_rss_mb, save_model, versions
-from .io.shapes import needs_remote_code, sync_config_shapes
+from .io.shapes import has_per_layer_shapes, sync_config_shapes
 from .models.loading import LoadedModel, load_model
 from .recipe import CalibrationSettings, Step
 from .recovery import LoraSettings, recover_lora
-from .selection import parse_layers, parse_roles, view_selector
+from .selection import parse_layers, parse_modules, parse_roles, view_selector
 from .surgery import remove_layers, skip_sublayers
 from .sparsity import check_nm, parse_pattern, validate_nm_width, zero_fraction
 
@@ -73,6 +73,10 @@ def prune(
         pruner = method_cls(target, parsed_options, explicit_layers=explicit)
     elif method_cls.kind == "width":
         pruner = method_cls(target, parsed_options)
+    elif method_cls.kind == "lowrank":
+        pruner = method_cls(target, parsed_options)
+        layer_ids, views_for = pruner.restrict(adapter, parse_layers(step.layers, adapter.num_layers()),
+                                               view_selector(adapter, parse_modules(parsed_options.modules, adapter)))
     else:
         layer_ids = parse_layers(step.layers, adapter.num_layers())
         views_for = view_selector(adapter, parse_roles(step.roles, adapter))
@@ -133,6 +137,12 @@ def prune(
     total = sum(_numel(r) for r in modules.values())
     removed = sum(r["sparsity"] * _numel(r) for r in modules.values())
     timings["prune"] = round(time.perf_counter() - started - data_seconds, 3)
+    if method_cls.kind == "lowrank":
+        params = [sum(r["params"][k] for r in modules.values()) for k in (0, 1)]
+        return {"step": {"method": method_cls.name, "layers": layer_ids, "options": vars(parsed_options)},
+                "calibration": None, "lowrank": {"modules": sorted(modules), "params_selected": params,
+                                                 "condition_choice": getattr(pruner, "condition_choice", None)},
+                "sparsity": {}, "layers": layer_reports, "timings": timings, "peak_rss_mb": peak_rss_mb()}
     return {
         "step": {"method": method_cls.name, **target.to_dict(), "roles": list(parse_roles(step.roles, adapter)),
                  "layers": layer_ids, "options": vars(parsed_options)},
@@ -246,7 +256,7 @@ def save(loaded: LoadedModel, out: str | os.PathLike, *, record: dict, overwrite
     A width-pruned model's config is re-synchronised first: a later depth step renumbers layers,
     and per-layer shapes are recorded by layer name.
     """
-    if needs_remote_code(loaded.model.config):
+    if has_per_layer_shapes(loaded.model.config):
         sync_config_shapes(loaded.adapter)
     return save_model(loaded.model, loaded.tokenizer, out, record, overwrite=overwrite, extras=extras)
 
@@ -264,3 +274,66 @@ def block_influence(loaded: LoadedModel, calibration: CalibrationSettings | None
     stats = layer_io_statistics(loaded, windows.ids, batch_size=calibration.batch_for(seqlen), progress=progress)
     bi = stats["bi"].tolist()
     return {"bi": bi, "order": sorted(range(len(bi)), key=lambda i: (bi[i], i)), "calibration": windows.provenance}
+
+
+def evaluate_icl(loaded: LoadedModel, tasks: Sequence[str], *, shots: int | None = None, split: str = "test", seed: int = 0,
+                 limit: int | None = None, templates: dict | None = None, validation_size: int = 256,
+                 data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Few-shot ICL accuracy per task: ``{"icl": {task: {accuracy, macro_f1?, template, ...}}}``."""
+    from .eval.icl import DEFAULT_SHOTS, evaluate_icl as run_icl, load_icl_task
+
+    names = [t.strip() for t in tasks if t.strip()]
+    if not names:
+        raise ArgumentError("no ICL task given (e.g. --icl sst2,rte,copa)")
+    root = resolve_data_root(data_root)
+    loaded_tasks = [load_icl_task(name, root, template=(templates or {}).get(name), validation_size=validation_size)
+                    for name in names]  # every task file is checked before any evaluation
+    results = {task.name: run_icl(loaded.model, loaded.tokenizer, task, split=split,
+                                  shots=DEFAULT_SHOTS.get(task.name, 5) if shots is None else shots, seed=seed,
+                                  limit=limit, progress=progress) for task in loaded_tasks}
+    return {"icl": results}
+
+
+def spectra(loaded: LoadedModel, *, layers: str | Sequence[int] | None = None, modules: str = "all") -> dict:
+    """Singular values and condition number ``σ_max/σ_min`` of every selected matrix, per layer."""
+    from .surgery.lowrank import Spectrum
+
+    adapter = loaded.adapter
+    layer_ids = parse_layers(layers, adapter.num_layers())
+    views_for = view_selector(adapter, parse_modules(modules, adapter))
+    table: dict[str, dict[str, float]] = {}
+    values: dict[str, list[float]] = {}
+    for index in layer_ids:
+        for view in views_for(index):
+            spectrum = Spectrum.of(view.weight)
+            table.setdefault(str(index), {})[view.local_name] = spectrum.condition_number()
+            values[view.name] = spectrum.S.tolist()
+    names = list(dict.fromkeys(name for row in table.values() for name in row))
+    return {"layers": layer_ids, "modules": names, "condition_number": table, "singular_values": values}
+
+
+def search_svd(loaded: LoadedModel, task: str, *, shots: int, modules: str = "all",
+               layers: str | Sequence[int] | None = None, grid: Sequence[float] | None = None, select: str = "all",
+               top_k: int = 2, deeper_half: bool = False, seed: int = 0, validation_limit: int | None = None,
+               test_limit: int | None = None, greedy_layers: bool = False, validation_size: int = 256,
+               templates: dict | None = None, data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """The validated ξ search (see :mod:`prunekit.svd_search`); the chosen clipping stays applied."""
+    from .eval.icl import load_icl_task
+    from .methods.svd import SvdClip, SvdOptions
+    from .svd_search import PAPER_GRID, search_clipping_rate
+
+    adapter = loaded.adapter
+    options = SvdOptions(modules=modules, select=select, top_k=top_k, deeper_half=deeper_half)
+    SvdClip.validate_options(options)
+    layer_ids, views_for = SvdClip(None, options).restrict(
+        adapter, parse_layers(layers, adapter.num_layers()), view_selector(adapter, parse_modules(modules, adapter)))
+    views = [view for index in layer_ids for view in views_for(index)]
+    layer_of = {view.name: index for index in layer_ids for view in views_for(index)}
+    icl_task = load_icl_task(task, resolve_data_root(data_root), template=(templates or {}).get(task),
+                             validation_size=validation_size)
+    result = search_clipping_rate(loaded, icl_task, views, shots=shots, grid=list(grid or PAPER_GRID), seed=seed,
+                                  validation_limit=validation_limit, test_limit=test_limit, greedy_layers=greedy_layers,
+                                  layer_of=lambda view: layer_of[view.name], progress=progress)
+    result["selection"] = {"modules": modules, "layers": layer_ids, "matrices": [v.name for v in views],
+                           "select": select, "top_k": top_k if select != "all" else None}
+    return result

@@ -48,6 +48,23 @@ def _add_eval_args(parser: argparse.ArgumentParser, flag: str) -> None:
     group.add_argument("--eval-batch-size", type=int, help="windows per forward (default: 4096 tokens per batch)")
 
 
+def _add_icl_args(parser: argparse.ArgumentParser, single_task: bool = False) -> None:
+    group = parser.add_argument_group("few-shot in-context learning")
+    if single_task:
+        group.add_argument("--task", required=True, help="ICL task: sst2, rte, copa or a task .json file")
+    else:
+        group.add_argument("--icl", type=_csv, default=[], metavar="TASKS",
+                           help="ICL tasks: sst2, rte, copa, or task .json files (see `prunekit tasks`)")
+        group.add_argument("--split", default="test", choices=("validation", "test"),
+                           help="which split to score (validation is held out of the demonstration pool)")
+        group.add_argument("--icl-limit", type=int, help="score only N examples of the split (seeded choice)")
+    group.add_argument("--shots", type=int, help="demonstrations per prompt (default: sst2 10, rte 5, copa 5, others 5)")
+    group.add_argument("--icl-seed", type=int, default=0, help="seed of the demonstration sampler (default 0)")
+    group.add_argument("--icl-templates", help="JSON file overriding templates: {task: {text, answers|choices}}")
+    group.add_argument("--validation-size", type=int, default=256,
+                       help="training examples held out as validation for sst2/rte (default 256)")
+
+
 def _option_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -139,9 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_eval_args(recover, "--eval")
 
-    evaluate = sub.add_parser("eval", help="evaluate perplexity")
+    evaluate = sub.add_parser("eval", help="evaluate perplexity and few-shot in-context learning")
     _add_model_args(evaluate)
     _add_eval_args(evaluate, "--ppl")
+    _add_icl_args(evaluate)
     evaluate.add_argument("--check-sparsity", type=_csv, nargs="?", const=["2:4", "4:8"], metavar="PATTERNS",
                           help="also report per-module sparsity and N:M validity (default patterns 2:4,4:8)")
     evaluate.add_argument("--json", help="write the results to this JSON file")
@@ -151,9 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--pattern", type=_csv, default=["2:4", "4:8"], help="N:M patterns to verify (default 2:4,4:8)")
     check.add_argument("--json", help="write the results to this JSON file")
 
-    analyze = sub.add_parser("analyze", help="measure a property of a dense model (bi: Block Influence per layer)")
+    analyze = sub.add_parser("analyze", help="measure a property of a model (Block Influence, spectra)")
     _add_model_args(analyze)
-    analyze.add_argument("--what", required=True, choices=("bi",), help="bi: Block Influence per decoder layer")
+    analyze.add_argument("--what", required=True, choices=("bi", "spectrum"),
+                         help="bi: Block Influence per decoder layer; spectrum: condition number per layer x module")
+    analyze.add_argument("--modules", default="all", help="spectrum: matrices to analyse (default all)")
+    analyze.add_argument("--layers", help="spectrum: layers to analyse (default all)")
     analyze.add_argument("--calib", help="calibration corpus (default pg19)")
     analyze.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     analyze.add_argument("--seqlen", type=int, help="window length (default: model context capped at 4096)")
@@ -161,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", help="folder for bi.json and bi.png (written atomically)")
     analyze.add_argument("--overwrite", action="store_true")
 
+    search = sub.add_parser("search-svd", help="choose the SVD clipping rate on validation; report test; save the model")
+    _add_model_args(search)
+    _add_icl_args(search, single_task=True)
+    search.add_argument("--modules", default="all", help="matrices to clip: q,k,v,o,attn,mlp,all,fc1/up+gate,fc2/down")
+    search.add_argument("--layers", help="layers: indices, -1 (from the end), first:2, last:2 (default all)")
+    search.add_argument("--grid", type=lambda v: [float(x) for x in _csv(v)], default=None,
+                        help="candidate rates (default 0,0.1,0.5,0.75,0.9,0.95,0.99,0.995)")
+    search.add_argument("--select", default="all", choices=("all", "top-k-condition"),
+                        help="clip every selected matrix, or only the --top-k with the largest condition number")
+    search.add_argument("--top-k", type=int, default=2)
+    search.add_argument("--deeper-half", action="store_true", help="top-k-condition within the deeper half only")
+    search.add_argument("--greedy-layers", action="store_true", help="search one rate per layer, deepest first")
+    search.add_argument("--validation-limit", type=int, help="validation examples per candidate (default all)")
+    search.add_argument("--test-limit", type=int, help="test examples (default all)")
+    search.add_argument("--out", required=True, help="output directory for the clipped model (written atomically)")
+    search.add_argument("--overwrite", action="store_true")
+
+    sub.add_parser("tasks", help="list the few-shot ICL tasks and their templates")
     sub.add_parser("methods", help="list the registered methods and their options")
     return parser
 
@@ -266,8 +305,12 @@ def _print_ppl(evaluation: dict | None) -> None:
 
 def cmd_eval(args) -> int:
     _validate_eval_args(args)
-    if not args.ppl and not args.check_sparsity:
-        raise ArgumentError("nothing to evaluate: give --ppl wikitext2[,ptb,c4] and/or --check-sparsity")
+    if not args.ppl and not args.check_sparsity and not args.icl:
+        raise ArgumentError("nothing to evaluate: give --ppl wikitext2[,ptb,c4], --icl sst2[,rte,copa] and/or --check-sparsity")
+    icl_options = _icl_options(args) if args.icl else {}
+    _check_task_names(args.icl)
+    if args.icl_limit is not None and args.icl_limit < 1:
+        raise ArgumentError(f"--icl-limit must be at least 1 (got {args.icl_limit})")
     lm = _load(args)
     results: dict = {"model": lm.source}
     if args.check_sparsity:
@@ -275,6 +318,11 @@ def cmd_eval(args) -> int:
     if args.ppl:
         evaluation = _evaluate(lm, args, args.ppl)
         _print_ppl(evaluation)
+        results.update(evaluation)
+    if args.icl:
+        evaluation = api.evaluate_icl(lm, args.icl, shots=args.shots, split=args.split, limit=args.icl_limit,
+                                      data_root=args.data_root, progress=not args.no_progress, **icl_options)
+        _print_icl(evaluation)
         results.update(evaluation)
     if args.json:
         write_json(Path(args.json), results)
@@ -310,6 +358,8 @@ def cmd_methods(_args) -> int:
 def cmd_analyze(args) -> int:
     from .report import bar_plot
 
+    if args.what == "spectrum":
+        return _analyze_spectrum(args)
     calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed)
     calibration.validate()
     if args.out:
@@ -329,7 +379,95 @@ def cmd_analyze(args) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
+def _analyze_spectrum(args) -> int:
+    from .report import heat_map
+
+    if args.out:
+        check_output_path(args.out, args.overwrite)
+    lm = _load(args)
+    result = api.spectra(lm, layers=args.layers, modules=args.modules)
+    table = result["condition_number"]
+    print("layer  " + "  ".join(f"{m:>16s}" for m in result["modules"]))
+    for layer, row in table.items():
+        print(f"{int(layer):5d}  " + "  ".join(f"{row.get(m, float('nan')):16.1f}" for m in result["modules"]))
+    if args.out:
+        with atomic_directory(args.out, args.overwrite) as tmp:
+            write_json(tmp / "spectrum.json", {"model": lm.source, **result})
+            heat_map([[row.get(m, float("nan")) for m in result["modules"]] for row in table.values()],
+                     tmp / "spectrum.png", title=f"condition number — {Path(args.model).name}",
+                     row_labels=[f"layer {i}" for i in table], col_labels=result["modules"], colorbar="σmax/σmin")
+        print(f"wrote {args.out}/spectrum.json and spectrum.png")
+    return 0
+
+
+def _icl_options(args) -> dict:
+    from .eval.icl import read_template_overrides
+
+    if args.shots is not None and args.shots < 0:
+        raise ArgumentError(f"--shots must be at least 0 (got {args.shots})")
+    if args.validation_size < 1:
+        raise ArgumentError(f"--validation-size must be at least 1 (got {args.validation_size})")
+    return {"seed": args.icl_seed, "templates": read_template_overrides(args.icl_templates),
+            "validation_size": args.validation_size}
+
+
+def _check_task_names(names: list[str]) -> None:
+    """Fail on an unknown task before the model is loaded."""
+    from .data.tasks import BUILTIN
+
+    for name in names:
+        if not name.endswith(".json") and name not in BUILTIN:
+            raise ArgumentError(f"unknown ICL task '{name}': choose {', '.join(BUILTIN)} or a task .json file")
+
+
+def _print_icl(evaluation: dict) -> None:
+    for name, result in evaluation["icl"].items():
+        f1 = f", macro-F1 {result['macro_f1']:.4f}" if "macro_f1" in result else ""
+        print(f"icl {name} ({result['shots']}-shot, {result['split']}, {result['examples']} examples): "
+              f"accuracy {result['accuracy']:.4f}{f1}")
+
+
+def cmd_search_svd(args) -> int:
+    options = _icl_options(args)
+    for flag, value in (("--validation-limit", args.validation_limit), ("--test-limit", args.test_limit)):
+        if value is not None and value < 1:
+            raise ArgumentError(f"{flag} must be at least 1 (got {value})")
+    _check_task_names([args.task])
+    check_output_path(args.out, args.overwrite)
+    lm = _load(args)
+    result = api.search_svd(lm, args.task, shots=args.shots if args.shots is not None else _default_shots(args.task),
+                            modules=args.modules, layers=args.layers, grid=args.grid, select=args.select,
+                            top_k=args.top_k, deeper_half=args.deeper_half, validation_limit=args.validation_limit,
+                            test_limit=args.test_limit, greedy_layers=args.greedy_layers, data_root=args.data_root,
+                            progress=not args.no_progress, **options)
+    step = {"step": {"method": "svd-search", "options": {k: result[k] for k in ("task", "shots", "grid", "greedy_layers")}},
+            "calibration": None, "search": result, "sparsity": {}, "layers": [], "timings": {"search": result["seconds"]},
+            "peak_rss_mb": None}
+    path = api.save(lm, args.out, record=api.build_record(lm, [step]), overwrite=args.overwrite)
+    test = result["test"]
+    print(f"chosen rates (validation): {result['chosen_rates']}")
+    print(f"test accuracy: unclipped {test['baseline']['accuracy']:.4f} -> clipped {test['chosen']['accuracy']:.4f}"
+          f" ({test['chosen']['examples']} examples) -> {path}")
+    return 0
+
+
+def _default_shots(task: str) -> int:
+    from .eval.icl import DEFAULT_SHOTS
+
+    return DEFAULT_SHOTS.get(task, 5)
+
+
+def cmd_tasks(_args) -> int:
+    from .eval.icl import DEFAULT_SHOTS, TEMPLATES
+
+    for name, template in TEMPLATES.items():
+        answers = f"answers {list(template.answers)}" if template.kind == "label" else f"choices {list(template.choices)}"
+        print(f"{name} ({template.kind}, {DEFAULT_SHOTS[name]}-shot default, {answers}):\n    {template.text!r}")
+    print("a task .json file: {name, kind, template, answers|choices, label_field, train, test[, validation]}")
+    return 0
+
+
+COMMANDS = {"search-svd": cmd_search_svd, "tasks": cmd_tasks, "analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,6 +65,12 @@ class Step:
                     raise ArgumentError(f"{self.method} removes whole heads and channels: {flag} does not apply "
                                         "(use --ratio or --param-ratio, --units and --layer-range)")
             return method_cls, options, None
+        if method_cls.kind == "lowrank":
+            for flag, value in (("--sparsity", self.sparsity), ("--pattern", self.pattern), ("--roles", self.roles)):
+                if value is not None:
+                    raise ArgumentError(f"{self.method} replaces matrices by low-rank products: {flag} does not apply "
+                                        "(use --rate, --modules and --layers)")
+            return method_cls, options, None
         target = SparsityTarget.parse(self.sparsity, self.pattern)
         return method_cls, options, target
 

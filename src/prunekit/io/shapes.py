@@ -18,6 +18,7 @@ from pathlib import Path
 from ..models.adapters.base import Adapter
 
 SHAPES_KEY = "prunekit_shapes"
+FACTORED_KEY = "prunekit_factored"  # low-rank maps stored as two factors (see surgery/lowrank.py)
 REMOTE_FILE = "modeling_prunekit.py"
 
 _REMOTE_CODE = '''"""Written by prunekit: rebuild the per-layer shapes of a structurally pruned checkpoint.
@@ -34,7 +35,7 @@ from transformers.pytorch_utils import Conv1D
 
 
 def rebuild_pruned_shapes(model, spec):
-    for name, entry in spec["linears"].items():
+    for name, entry in spec.get("linears", {{}}).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         old = getattr(parent, child)
@@ -43,9 +44,21 @@ def rebuild_pruned_shapes(model, spec):
         else:
             new = nn.Linear(entry["in"], entry["out"], bias=entry["bias"])
         setattr(parent, child, new.to(device=old.weight.device, dtype=old.weight.dtype))
-    for path, value in spec["attributes"].items():
+    for path, value in spec.get("attributes", {{}}).items():
         owner, _, attr = path.rpartition(".")
         setattr(model.get_submodule(owner), attr, value)
+
+
+def rebuild_factored(model, spec):
+    """Low-rank maps saved as two factors: in -> rank (no bias), rank -> out."""
+    for name, entry in spec.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        reference = next(old.parameters())
+        new = nn.Sequential(nn.Linear(entry["in"], entry["rank"], bias=False),
+                            nn.Linear(entry["rank"], entry["out"], bias=entry["bias"]))
+        setattr(parent, child, new.to(device=reference.device, dtype=reference.dtype))
 
 
 # transformers renames legacy checkpoint keys (e.g. GPT-NeoX's embed_out -> lm_head) only for its own
@@ -63,7 +76,8 @@ except ImportError:  # older transformers: no conversion registry, nothing to re
 class {name}(transformers.{base}):
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        rebuild_pruned_shapes(self, config.{key})
+        rebuild_pruned_shapes(self, getattr(config, "{key}", None) or {{}})
+        rebuild_factored(self, getattr(config, "{factored_key}", None) or {{}})
 '''
 
 
@@ -83,7 +97,7 @@ def sync_config_shapes(adapter: Adapter) -> str:
         if hasattr(config, SHAPES_KEY):
             delattr(config, SHAPES_KEY)
         auto_map = dict(getattr(config, "auto_map", None) or {})
-        if auto_map.get("AutoModelForCausalLM", "").startswith("modeling_prunekit."):
+        if auto_map.get("AutoModelForCausalLM", "").startswith("modeling_prunekit.") and not needs_remote_code(config):
             del auto_map["AutoModelForCausalLM"]
             config.auto_map = auto_map or None
         return "stock"
@@ -97,9 +111,7 @@ def sync_config_shapes(adapter: Adapter) -> str:
         for path, value in adapter.head_attributes(shape["heads"], shape["kv_heads"]).items():
             attributes[f"{prefix}.{path}"] = value
     setattr(config, SHAPES_KEY, {"linears": linears, "attributes": attributes})
-    auto_map = dict(getattr(config, "auto_map", None) or {})
-    auto_map["AutoModelForCausalLM"] = f"modeling_prunekit.{_remote_class(adapter)}"
-    config.auto_map = auto_map
+    require_remote_class(adapter)
     return "per-layer"
 
 
@@ -117,13 +129,26 @@ def _remote_class(adapter: Adapter) -> str:
     return "Prunekit" + _stock_class(adapter.model)
 
 
-def needs_remote_code(config) -> bool:
+def has_per_layer_shapes(config) -> bool:
     return getattr(config, SHAPES_KEY, None) is not None
+
+
+def needs_remote_code(config) -> bool:
+    """Per-layer shapes or factored low-rank maps: the stock class cannot build the checkpoint."""
+    return has_per_layer_shapes(config) or bool(getattr(config, FACTORED_KEY, None))
+
+
+def require_remote_class(adapter: Adapter) -> None:
+    """Point the config's ``auto_map`` at ``modeling_prunekit.py`` (written by the saver)."""
+    auto_map = dict(getattr(adapter.config, "auto_map", None) or {})
+    auto_map["AutoModelForCausalLM"] = f"modeling_prunekit.{_remote_class(adapter)}"
+    adapter.config.auto_map = auto_map
 
 
 def remote_code_text(base: str, model_type: str) -> str:
     """The ``modeling_prunekit.py`` source for a model deriving from ``transformers.<base>``."""
-    return _REMOTE_CODE.format(name="Prunekit" + base, base=base, model_type=model_type, key=SHAPES_KEY)
+    return _REMOTE_CODE.format(name="Prunekit" + base, base=base, model_type=model_type, key=SHAPES_KEY,
+                               factored_key=FACTORED_KEY)
 
 
 def write_remote_code(model, directory: Path) -> None:

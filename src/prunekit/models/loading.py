@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import ModelLoadError, UnsupportedArchitectureError
 from ..io.shapes import REMOTE_FILE, needs_remote_code, remote_code_text
+from ..surgery.lowrank import adopt_factored
 from .adapters import Adapter, adapter_class_for
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def load_model(
     adapter_cls = _check_config(config, name)
     trusted_code = _own_remote_code(load_from, config)
     if needs_remote_code(config) and not trusted_code:
-        raise ModelLoadError(f"{load_from} has per-layer pruned shapes but its {REMOTE_FILE} is not the one prunekit "
+        raise ModelLoadError(f"{load_from} has pruned shapes (per-layer or factored) but its {REMOTE_FILE} is not the one prunekit "
                              "writes; refusing to run foreign code (load it with transformers and trust_remote_code)")
     if num_layers is not None:
         key = "num_hidden_layers" if hasattr(config, "num_hidden_layers") else "n_layer"
@@ -223,6 +224,7 @@ def load_model(
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model from {load_from}: {exc}") from exc
     hf_model.to(device)
+    adopt_factored(hf_model)
     hf_model.eval()
     hf_model.config.use_cache = False
     source.update(

@@ -51,3 +51,26 @@ def line_plot(series: dict[str, Sequence[float]], path: Path, *, title: str, xla
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def heat_map(rows: Sequence[Sequence[float]], path: Path, *, title: str, row_labels: Sequence[str],
+             col_labels: Sequence[str], colorbar: str, log10: bool = True) -> Path:
+    """A rows × columns colour grid (e.g. condition number per layer × module), log10 by default."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [[(math.log10(v) if log10 and v > 0 else v) for v in row] for row in rows]
+    fig, ax = plt.subplots(figsize=(max(4, len(col_labels) * 0.9 + 2), max(3, len(row_labels) * 0.25 + 1.5)), dpi=120)
+    image = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(col_labels)), labels=list(col_labels), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(row_labels)), labels=list(row_labels), fontsize=7)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=("log10 " if log10 else "") + colorbar)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

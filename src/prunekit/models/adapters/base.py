@@ -44,6 +44,10 @@ class LinearView:
 
     def set_weight(self, new_weight: torch.Tensor) -> None:
         """Write an ``out×in`` weight back in the module's own layout and dtype."""
+        if not isinstance(self.module.weight, nn.Parameter):
+            from ...errors import ArgumentError
+
+            raise ArgumentError(f"{self.name} is stored as low-rank factors; a later step cannot rewrite its weight")
         target = self.module.weight.data
         value = new_weight.t() if self.transposed else new_weight
         if value.shape != target.shape:
