@@ -81,14 +81,25 @@ def _labelled(rows: list[dict], path: Path, text_fields: dict[str, str]) -> list
     return out
 
 
+def content_key(example: dict) -> tuple:
+    """An example's text fields (not its label): equal keys are the same example."""
+    return tuple(sorted((k, str(v)) for k, v in example.items() if k != "label"))
+
+
 def hold_out(train: list[dict], size: int) -> tuple[list[dict], list[dict]]:
-    """Split ``train`` into (pool, validation) with ``size`` validation examples chosen by a fixed seed."""
+    """Split ``train`` into (pool, validation) with ``size`` validation examples chosen by a fixed seed.
+
+    SST-2's train set repeats short phrases, so every copy of a held-out text leaves the pool too:
+    a validation query can never appear among the demonstrations.
+    """
     if size >= len(train):
         raise DataError(f"cannot hold out {size} validation examples from {len(train)} training examples")
     order = list(range(len(train)))
     random.Random(VALIDATION_SEED).shuffle(order)
     held = set(order[:size])
-    return [e for i, e in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+    held_keys = {content_key(train[i]) for i in held}
+    pool = [e for i, e in enumerate(train) if i not in held and content_key(e) not in held_keys]
+    return pool, [train[i] for i in sorted(held)]
 
 
 def _sst2(root: Path | None, validation_size: int) -> TaskData:
