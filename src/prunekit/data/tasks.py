@@ -139,14 +139,22 @@ def load_task_data(name: str, root: Path | None, validation_size: int = 256) -> 
     return BUILTIN[name](root, validation_size)
 
 
-def load_task_file(path: Path, validation_size: int = 256) -> tuple[dict, TaskData]:
-    """A user task: its spec (template, answers/choices) and its splits from jsonl files."""
+def read_json_file(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; a missing file or bad JSON is one clear :class:`DataError`."""
     if not path.is_file():
-        raise DataError(f"task file not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     try:
-        spec = json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return value
+
+
+def load_task_file(path: Path, validation_size: int = 256) -> tuple[dict, TaskData]:
+    """A user task: its spec (template, answers/choices) and its splits from jsonl files."""
+    spec = read_json_file(path, "task file")
     for key in ("name", "kind", "template", "train", "test"):
         if key not in spec:
             raise DataError(f"{path}: the task spec needs '{key}'")

@@ -15,14 +15,13 @@ lower label). Metrics: accuracy, and macro-F1 over the labels for label tasks.
 
 from __future__ import annotations
 
-import json
 import random
 import string
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..data.tasks import BUILTIN, TaskData, load_task_data, load_task_file
+from ..data.tasks import BUILTIN, TaskData, load_task_data, load_task_file, read_json_file
 from ..errors import ArgumentError, DataError
 from .loglik import Request, continuation_logliks
 
@@ -211,13 +210,7 @@ def read_template_overrides(path: str | None) -> dict[str, Template]:
     """``{task: {"text", "kind", "answers"|"choices"}}`` from a JSON file (``--icl-templates``)."""
     if not path:
         return {}
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"template file not found: {file}")
-    try:
-        raw = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{file}: not valid JSON ({exc.msg})") from exc
+    raw = read_json_file(Path(path), "template file")
     out = {}
     for name, entry in raw.items():
         base = TEMPLATES.get(name)
