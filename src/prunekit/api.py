@@ -280,7 +280,7 @@ def evaluate_icl(loaded: LoadedModel, tasks: Sequence[str], *, shots: int | None
                  limit: int | None = None, templates: dict | None = None, validation_size: int = 256,
                  data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Few-shot ICL accuracy per task: ``{"icl": {task: {accuracy, macro_f1?, template, ...}}}``."""
-    from .eval.icl import DEFAULT_SHOTS, evaluate_icl as run_icl, load_icl_task
+    from .eval.icl import evaluate_icl as run_icl, load_icl_task, shots_for
 
     names = [t.strip() for t in tasks if t.strip()]
     if not names:
@@ -289,7 +289,7 @@ def evaluate_icl(loaded: LoadedModel, tasks: Sequence[str], *, shots: int | None
     loaded_tasks = [load_icl_task(name, root, template=(templates or {}).get(name), validation_size=validation_size)
                     for name in names]  # every task file is checked before any evaluation
     results = {task.name: run_icl(loaded.model, loaded.tokenizer, task, split=split,
-                                  shots=DEFAULT_SHOTS.get(task.name, 5) if shots is None else shots, seed=seed,
+                                  shots=shots_for(task.name, shots), seed=seed,
                                   limit=limit, progress=progress) for task in loaded_tasks}
     return {"icl": results}
 
@@ -312,13 +312,13 @@ def spectra(loaded: LoadedModel, *, layers: str | Sequence[int] | None = None, m
     return {"layers": layer_ids, "modules": names, "condition_number": table, "singular_values": values}
 
 
-def search_svd(loaded: LoadedModel, task: str, *, shots: int, modules: str = "all",
+def search_svd(loaded: LoadedModel, task: str, *, shots: int | None = None, modules: str = "all",
                layers: str | Sequence[int] | None = None, grid: Sequence[float] | None = None, select: str = "all",
                top_k: int = 2, deeper_half: bool = False, seed: int = 0, validation_limit: int | None = None,
                test_limit: int | None = None, greedy_layers: bool = False, validation_size: int = 256,
                templates: dict | None = None, data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """The validated ξ search (see :mod:`prunekit.svd_search`); the chosen clipping stays applied."""
-    from .eval.icl import load_icl_task
+    from .eval.icl import load_icl_task, shots_for
     from .methods.svd import SvdClip, SvdOptions
     from .svd_search import PAPER_GRID, search_clipping_rate
 
@@ -327,11 +327,12 @@ def search_svd(loaded: LoadedModel, task: str, *, shots: int, modules: str = "al
     SvdClip.validate_options(options)
     layer_ids, views_for = SvdClip(None, options).restrict(
         adapter, parse_layers(layers, adapter.num_layers()), view_selector(adapter, parse_modules(modules, adapter)))
-    views = [view for index in layer_ids for view in views_for(index)]
-    layer_of = {view.name: index for index in layer_ids for view in views_for(index)}
+    chosen = [(index, view) for index in layer_ids for view in views_for(index)]
+    views = [view for _, view in chosen]
+    layer_of = {view.name: index for index, view in chosen}
     icl_task = load_icl_task(task, resolve_data_root(data_root), template=(templates or {}).get(task),
                              validation_size=validation_size)
-    result = search_clipping_rate(loaded, icl_task, views, shots=shots, grid=list(grid or PAPER_GRID), seed=seed,
+    result = search_clipping_rate(loaded, icl_task, views, shots=shots_for(icl_task.name, shots), grid=list(grid or PAPER_GRID), seed=seed,
                                   validation_limit=validation_limit, test_limit=test_limit, greedy_layers=greedy_layers,
                                   layer_of=lambda view: layer_of[view.name], progress=progress)
     result["selection"] = {"modules": modules, "layers": layer_ids, "matrices": [v.name for v in views],

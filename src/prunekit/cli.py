@@ -413,11 +413,10 @@ def _icl_options(args) -> dict:
 
 def _check_task_names(names: list[str]) -> None:
     """Fail on an unknown task before the model is loaded."""
-    from .data.tasks import BUILTIN
+    from .data.tasks import require_known_task
 
     for name in names:
-        if not name.endswith(".json") and name not in BUILTIN:
-            raise ArgumentError(f"unknown ICL task '{name}': choose {', '.join(BUILTIN)} or a task .json file")
+        require_known_task(name)
 
 
 def _print_icl(evaluation: dict) -> None:
@@ -435,7 +434,7 @@ def cmd_search_svd(args) -> int:
     _check_task_names([args.task])
     check_output_path(args.out, args.overwrite)
     lm = _load(args)
-    result = api.search_svd(lm, args.task, shots=args.shots if args.shots is not None else _default_shots(args.task),
+    result = api.search_svd(lm, args.task, shots=args.shots,
                             modules=args.modules, layers=args.layers, grid=args.grid, select=args.select,
                             top_k=args.top_k, deeper_half=args.deeper_half, validation_limit=args.validation_limit,
                             test_limit=args.test_limit, greedy_layers=args.greedy_layers, data_root=args.data_root,
@@ -449,12 +448,6 @@ def cmd_search_svd(args) -> int:
     print(f"test accuracy: unclipped {test['baseline']['accuracy']:.4f} -> clipped {test['chosen']['accuracy']:.4f}"
           f" ({test['chosen']['examples']} examples) -> {path}")
     return 0
-
-
-def _default_shots(task: str) -> int:
-    from .eval.icl import DEFAULT_SHOTS
-
-    return DEFAULT_SHOTS.get(task, 5)
 
 
 def cmd_tasks(_args) -> int:

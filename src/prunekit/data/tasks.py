@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DataError
+from ..errors import ArgumentError, DataError
 from .corpora import open_text
 
 VALIDATION_SEED = 0
@@ -132,10 +132,15 @@ def _copa(root: Path | None, validation_size: int) -> TaskData:
 BUILTIN: dict[str, Callable[[Path | None, int], TaskData]] = {"sst2": _sst2, "rte": _rte, "copa": _copa}
 
 
+def require_known_task(spec: str) -> None:
+    """A task is a built-in name or a ``.json`` spec file; anything else fails with the choices."""
+    if not spec.endswith(".json") and spec not in BUILTIN:
+        raise ArgumentError(f"unknown ICL task '{spec}': choose {', '.join(BUILTIN)} or a task .json file")
+
+
 def load_task_data(name: str, root: Path | None, validation_size: int = 256) -> TaskData:
     """The splits of a built-in task (``sst2``, ``rte``, ``copa``)."""
-    if name not in BUILTIN:
-        raise DataError(f"unknown ICL task '{name}': choose {', '.join(BUILTIN)} or a task .json file")
+    require_known_task(name)
     return BUILTIN[name](root, validation_size)
 
 

@@ -21,12 +21,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..data.tasks import BUILTIN, TaskData, load_task_data, load_task_file, read_json_file
+from ..data.tasks import TaskData, load_task_data, load_task_file, read_json_file
 from ..errors import ArgumentError, DataError
 from .loglik import Request, continuation_logliks
 
 SEPARATOR = "\n\n"
 DEFAULT_SHOTS = {"sst2": 10, "rte": 5, "copa": 5}  # the SVD-ICL reference's demonstrations per task; others 5
+
+
+def shots_for(task: str, shots: int | None) -> int:
+    """``shots`` if given, else the task's default."""
+    return DEFAULT_SHOTS.get(task, 5) if shots is None else shots
 SPLITS = ("validation", "test")
 
 
@@ -104,8 +109,6 @@ def load_icl_task(spec: str, root: Path | None, *, template: Template | None = N
         chosen = template or Template(raw["template"], raw["kind"], tuple(raw.get("answers", ())), tuple(raw.get("choices", ())))
         task = IclTask(data.name, chosen, data)
     else:
-        if spec not in BUILTIN:
-            raise ArgumentError(f"unknown ICL task '{spec}': choose {', '.join(BUILTIN)} or a task .json file")
         task = IclTask(spec, template or TEMPLATES[spec], load_task_data(spec, root, validation_size))
     _check_labels(task)
     return task

@@ -90,7 +90,7 @@ class SvdClip(Method):
                 module = factor(view, spectrum, rank)
                 install(ctx.adapter.model, view.name, module)
                 record_factored(ctx.adapter.config, view.name, module)
-                report["params"] = [params_before, sum(p.numel() for p in module[0].parameters()) + module[1].weight.numel()]
+                report["params"] = [params_before, module[0].weight.numel() + module[1].weight.numel()]
                 report["sparsity"] = 0.0
             else:
                 view.set_weight(spectrum.product(rank))

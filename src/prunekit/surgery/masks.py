@@ -10,10 +10,7 @@ from ..models.adapters.base import LinearView
 @torch.no_grad()
 def apply_mask(view: LinearView, mask: torch.Tensor) -> dict:
     """Zero the weights of ``view`` where ``mask`` is True; report the sparsity the mask imposed."""
-    if not isinstance(view.module.weight, torch.nn.Parameter):
-        from ..errors import ArgumentError
-
-        raise ArgumentError(f"{view.name} is stored as low-rank factors; it cannot be masked (prune before --factored SVD)")
+    view.require_writable("mask it (prune before a --factored SVD)")
     weight = view.weight
     weight.masked_fill_(mask.to(weight.device), 0)
     return {"sparsity": float(mask.sum()) / mask.numel(), "shape": list(weight.shape)}

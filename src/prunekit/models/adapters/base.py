@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...errors import ArgumentError
+
 ALL_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "fc1", "fc2")
 
 
@@ -44,15 +46,17 @@ class LinearView:
 
     def set_weight(self, new_weight: torch.Tensor) -> None:
         """Write an ``out×in`` weight back in the module's own layout and dtype."""
-        if not isinstance(self.module.weight, nn.Parameter):
-            from ...errors import ArgumentError
-
-            raise ArgumentError(f"{self.name} is stored as low-rank factors; a later step cannot rewrite its weight")
+        self.require_writable("rewrite its weight")
         target = self.module.weight.data
         value = new_weight.t() if self.transposed else new_weight
         if value.shape != target.shape:
             raise ValueError(f"{self.name}: weight shape {tuple(value.shape)} != {tuple(target.shape)}")
         target.copy_(value.to(dtype=target.dtype, device=target.device))
+
+    def require_writable(self, action: str) -> None:
+        """Refuse to change a map stored as low-rank factors: its ``weight`` is a computed product."""
+        if not isinstance(self.module.weight, nn.Parameter):
+            raise ArgumentError(f"{self.name} is stored as low-rank factors; a later step cannot {action}")
 
     @property
     def out_features(self) -> int:
