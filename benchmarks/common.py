@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PRUNEKIT_SHARED", REPO.parent / "shared"))
@@ -37,25 +33,12 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@torch.inference_mode()
-def timings(lm, prompt_len: int = 256, new_tokens: int = 32, repeats: int = 5) -> dict:
-    """Prefill latency and decode tokens/s after one warm-up, median of ``repeats``."""
-    ids = torch.randint(0, lm.tokenizer.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
-    lm.model.config.use_cache = True
-    prefill, decode = [], []
-    for attempt in range(repeats + 1):
-        started = time.perf_counter()
-        lm.model(input_ids=ids, use_cache=True)
-        t_prefill = time.perf_counter() - started
-        started = time.perf_counter()
-        lm.model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                          pad_token_id=lm.tokenizer.eos_token_id)
-        t_total = time.perf_counter() - started
-        if attempt:  # the first run is the warm-up
-            prefill.append(t_prefill)
-            decode.append(new_tokens / max(t_total - t_prefill, 1e-9))
-    lm.model.config.use_cache = False
-    return {"prefill_ms": 1000 * statistics.median(prefill), "decode_tok_s": statistics.median(decode)}
+def timings(lm) -> dict:
+    """Prefill latency of one 256-token prompt and decode tokens/s of 32 new tokens (prunekit's cost
+    measurement: one warm-up, median of 5)."""
+    from prunekit.eval.cost import CostSettings, timings as measure
+
+    return measure(lm.model, CostSettings(prompt_len=256, batch=1, new_tokens=32, repeats=5))
 
 
 def checkpoint_mb(lm) -> float:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -292,6 +293,34 @@ def evaluate_icl(loaded: LoadedModel, tasks: Sequence[str], *, shots: int | None
                                   shots=shots_for(task.name, shots), seed=seed,
                                   limit=limit, progress=progress) for task in loaded_tasks}
     return {"icl": results}
+
+
+def evaluate_zero_shot(loaded: LoadedModel, tasks: Sequence[str], *, limit: int | None = None, batch_size: int = 16,
+                       data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Zero-shot multiple-choice accuracy through lm-evaluation-harness on the data root's files:
+    ``{"tasks": {task: {acc, acc_norm?, examples, split}}, "zero_shot": {mean_acc, ...}}``."""
+    from .eval.zero_shot import check_task_data, evaluate_zero_shot as run_zero_shot
+
+    root = resolve_data_root(data_root)
+    check_task_data(tasks, root)
+    return run_zero_shot(loaded.model, loaded.tokenizer, tasks, data_root=root, limit=limit, batch_size=batch_size,
+                         progress=progress)
+
+
+def measure_cost(model: str | os.PathLike, *, baseline: str | os.PathLike | None = None, settings=None,
+                 gguf_file: str | None = None, dtype: str = "auto", device: str = "auto") -> dict:
+    """Cost of a saved model (and of ``baseline``): params, disk, peak RSS loading and generating,
+    prefill latency, decode tokens/s; each measured in a fresh process. With a baseline, the ratios
+    and notes on what the numbers do and do not show."""
+    from .eval.cost import CostSettings, compare, measure_cost as measure
+
+    settings = (settings or CostSettings()).validate()
+    options = {"gguf_file": gguf_file, "dtype": dtype, "device": device}
+    report: dict = {"settings": dataclasses.asdict(settings), "model": measure(str(model), options, settings)}
+    if baseline is not None:
+        report["baseline"] = measure(str(baseline), {**options, "gguf_file": None}, settings)
+        report.update(compare(report["model"], report["baseline"]))
+    return report
 
 
 def spectra(loaded: LoadedModel, *, layers: str | Sequence[int] | None = None, modules: str = "all") -> dict:

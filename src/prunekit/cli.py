@@ -65,6 +65,16 @@ def _add_icl_args(parser: argparse.ArgumentParser, single_task: bool = False) ->
                        help="training examples held out as validation for sst2/rte (default 256)")
 
 
+def _add_zero_shot_args(parser: argparse.ArgumentParser) -> None:
+    from .eval.zero_shot import DEFAULT_TASKS, ZERO_SHOT_TASKS
+
+    group = parser.add_argument_group("zero-shot multiple choice (lm-evaluation-harness on local data)")
+    group.add_argument("--tasks", type=_csv, default=[], metavar="TASKS",
+                       help=f"comma list of {', '.join(ZERO_SHOT_TASKS)}; 'default' = {','.join(DEFAULT_TASKS)}")
+    group.add_argument("--limit", type=int, help="score only the first N examples of each task (of each MMLU subject)")
+    group.add_argument("--tasks-batch-size", type=int, default=16, help="harness batch size (default 16)")
+
+
 def _option_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -156,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_eval_args(recover, "--eval")
 
-    evaluate = sub.add_parser("eval", help="evaluate perplexity and few-shot in-context learning")
+    evaluate = sub.add_parser("eval", help="evaluate perplexity, zero-shot tasks and few-shot in-context learning")
     _add_model_args(evaluate)
     _add_eval_args(evaluate, "--ppl")
+    _add_zero_shot_args(evaluate)
     _add_icl_args(evaluate)
     evaluate.add_argument("--check-sparsity", type=_csv, nargs="?", const=["2:4", "4:8"], metavar="PATTERNS",
                           help="also report per-module sparsity and N:M validity (default patterns 2:4,4:8)")
@@ -198,6 +209,25 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--test-limit", type=int, help="test examples (default all)")
     search.add_argument("--out", required=True, help="output directory for the clipped model (written atomically)")
     search.add_argument("--overwrite", action="store_true")
+
+    bench = sub.add_parser("bench", help="cost report: params, disk, memory, prefill latency, decode speed (vs a baseline)")
+    _add_model_args(bench)
+    bench.add_argument("--baseline", help="the dense model to compare with (same --dtype/--device)")
+    bench.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default 128)")
+    bench.add_argument("--batch", type=int, default=4, help="prompts per forward (default 4)")
+    bench.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated (default 32)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up; medians (default 5)")
+    bench.add_argument("--json", help="write the report to this JSON file")
+
+    report = sub.add_parser("report", help="one HTML + markdown page for a pruned model from its prunekit.json")
+    report.add_argument("run_dir", help="a folder written by `prunekit prune` (holds prunekit.json)")
+    report.add_argument("--eval", dest="eval_json", help="`prunekit eval --json` output of the pruned model")
+    report.add_argument("--baseline-eval", help="`prunekit eval --json` output of the dense model, for comparison")
+    report.add_argument("--bench", help="`prunekit bench --json` output (cost table)")
+    report.add_argument("--analysis", action="append", default=[], help="a folder from `prunekit analyze --out` "
+                        "(BI, spectra); repeatable")
+    report.add_argument("--out", help="output folder (default RUN_DIR/report; written atomically)")
+    report.add_argument("--overwrite", action="store_true")
 
     sub.add_parser("tasks", help="list the few-shot ICL tasks and their templates")
     sub.add_parser("methods", help="list the registered methods and their options")
@@ -305,8 +335,11 @@ def _print_ppl(evaluation: dict | None) -> None:
 
 def cmd_eval(args) -> int:
     _validate_eval_args(args)
-    if not args.ppl and not args.check_sparsity and not args.icl:
-        raise ArgumentError("nothing to evaluate: give --ppl wikitext2[,ptb,c4], --icl sst2[,rte,copa] and/or --check-sparsity")
+    if not args.ppl and not args.check_sparsity and not args.icl and not args.tasks:
+        raise ArgumentError("nothing to evaluate: give --ppl wikitext2[,ptb,c4], --tasks boolq[,piqa,...], "
+                            "--icl sst2[,rte,copa] and/or --check-sparsity")
+    if args.tasks:
+        _check_zero_shot_args(args)
     icl_options = _icl_options(args) if args.icl else {}
     _check_task_names(args.icl)
     if args.icl_limit is not None and args.icl_limit < 1:
@@ -319,6 +352,11 @@ def cmd_eval(args) -> int:
         evaluation = _evaluate(lm, args, args.ppl)
         _print_ppl(evaluation)
         results.update(evaluation)
+    if args.tasks:
+        evaluation = api.evaluate_zero_shot(lm, args.tasks, limit=args.limit, batch_size=args.tasks_batch_size,
+                                            data_root=args.data_root, progress=not args.no_progress)
+        _print_zero_shot(evaluation)
+        results.update(evaluation)
     if args.icl:
         evaluation = api.evaluate_icl(lm, args.icl, shots=args.shots, split=args.split, limit=args.icl_limit,
                                       data_root=args.data_root, progress=not args.no_progress, **icl_options)
@@ -327,6 +365,26 @@ def cmd_eval(args) -> int:
     if args.json:
         write_json(Path(args.json), results)
     return 0
+
+
+def _check_zero_shot_args(args) -> None:
+    """Task names, --limit and the task files are checked before the model is loaded."""
+    from .data import resolve_data_root
+    from .eval.zero_shot import DEFAULT_TASKS, check_task_data
+
+    args.tasks = [t for name in args.tasks for t in (DEFAULT_TASKS if name == "default" else [name])]
+    for flag, value in (("--limit", args.limit), ("--tasks-batch-size", args.tasks_batch_size)):
+        if value is not None and value < 1:
+            raise ArgumentError(f"{flag} must be at least 1 (got {value})")
+    check_task_data(args.tasks, resolve_data_root(args.data_root))
+
+
+def _print_zero_shot(evaluation: dict) -> None:
+    for name, result in evaluation["tasks"].items():
+        norm = f", acc_norm {result['acc_norm']:.4f}" if "acc_norm" in result else ""
+        print(f"{name} ({result['split']}, {result['examples']} examples): acc {result['acc']:.4f}{norm}")
+    summary = evaluation["zero_shot"]
+    print(f"mean acc {summary['mean_acc']:.4f} (acc_norm where reported: {summary['mean_acc_norm_or_acc']:.4f})")
 
 
 def _check(lm, patterns: list[str]) -> dict:
@@ -460,7 +518,45 @@ def cmd_tasks(_args) -> int:
     return 0
 
 
-COMMANDS = {"search-svd": cmd_search_svd, "tasks": cmd_tasks, "analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
+def cmd_bench(args) -> int:
+    from .eval.cost import CostSettings
+
+    settings = CostSettings(args.prompt_len, args.batch, args.new_tokens, args.repeats).validate()
+    report = api.measure_cost(args.model, baseline=args.baseline, settings=settings, gguf_file=args.gguf_file,
+                              dtype=args.dtype, device=args.device)
+    _print_cost(report)
+    if args.json:
+        write_json(Path(args.json), report)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dir, args.out, evaluation=args.eval_json, baseline=args.baseline_eval,
+                        cost=args.bench, analyses=args.analysis, overwrite=args.overwrite)
+    print(f"wrote {path}/report.html and report.md")
+    return 0
+
+
+def _print_cost(report: dict) -> None:
+    rows = [("parameters", "params", "{:,.0f}"), ("non-zero parameters", "params_nonzero", "{:,.0f}"),
+            ("weights on disk MB", "disk_mb", "{:.1f}"), ("peak RSS loading MB", "peak_rss_load_mb", "{:.0f}"),
+            ("peak RSS generating MB", "peak_rss_generate_mb", "{:.0f}"), ("prefill ms", "prefill_ms", "{:.1f}"),
+            ("decode tokens/s", "decode_tok_s", "{:.1f}")]
+    model, baseline, ratios = report["model"], report.get("baseline"), report.get("ratios", {})
+    print(f"{'':<24}" + "".join(f"{c:>16}" for c in (["model", "baseline", "ratio"] if baseline else ["model"])))
+    for label, key, fmt in rows:
+        cells = [fmt.format(model[key]) if model.get(key) is not None else "–"]
+        if baseline:
+            cells += [fmt.format(baseline[key]) if baseline.get(key) is not None else "–",
+                      f"x{ratios[key]:.3f}" if key in ratios else "–"]
+        print(f"{label:<24}" + "".join(f"{c:>16}" for c in cells))
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+
+
+COMMANDS = {"bench": cmd_bench, "report": cmd_report, "search-svd": cmd_search_svd, "tasks": cmd_tasks, "analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,7 +45,7 @@ def _read_tsv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     rows = []
     with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
@@ -57,7 +57,7 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _require(root: Path | None, relative: str) -> Path:
+def require_file(root: Path | None, relative: str) -> Path:
     if root is None:
         raise DataError(f"no data root: expected <data root>/{relative} (set --data-root or PRUNEKIT_DATA)")
     path = root / relative
@@ -103,7 +103,7 @@ def hold_out(train: list[dict], size: int) -> tuple[list[dict], list[dict]]:
 
 
 def _sst2(root: Path | None, validation_size: int) -> TaskData:
-    train_path, test_path = _require(root, "sst2_glue/train.tsv"), _require(root, "sst2_glue/dev.tsv")
+    train_path, test_path = require_file(root, "sst2_glue/train.tsv"), require_file(root, "sst2_glue/dev.tsv")
     train_rows, test_rows = _read_tsv(train_path), _read_tsv(test_path)
     # the staged train file names its text column "text", the GLUE dev file "sentence"
     train = _labelled(train_rows, train_path, {"text" if "text" in train_rows[0] else "sentence": "sentence"})
@@ -113,7 +113,7 @@ def _sst2(root: Path | None, validation_size: int) -> TaskData:
 
 
 def _rte(root: Path | None, validation_size: int) -> TaskData:
-    train_path, test_path = _require(root, "glue_rte/train.tsv"), _require(root, "glue_rte/dev.tsv")
+    train_path, test_path = require_file(root, "glue_rte/train.tsv"), require_file(root, "glue_rte/dev.tsv")
     columns = {"sentence1": "premise", "sentence2": "hypothesis"}
     train = _labelled(_read_tsv(train_path), train_path, columns)
     test = _labelled(_read_tsv(test_path), test_path, columns)
@@ -122,10 +122,10 @@ def _rte(root: Path | None, validation_size: int) -> TaskData:
 
 
 def _copa(root: Path | None, validation_size: int) -> TaskData:
-    paths = {split: _require(root, f"super_glue_copa/{name}.jsonl")
+    paths = {split: require_file(root, f"super_glue_copa/{name}.jsonl")
              for split, name in (("pool", "train"), ("validation", "dev"), ("test", "test"))}
     columns = {"premise": "premise", "choice1": "choice1", "choice2": "choice2", "question": "question"}
-    splits = {split: _labelled(_read_jsonl(path), path, columns) for split, path in paths.items()}
+    splits = {split: _labelled(read_jsonl(path), path, columns) for split, path in paths.items()}
     return TaskData("copa", splits, [str(p) for p in paths.values()])
 
 
@@ -172,7 +172,7 @@ def load_task_file(path: Path, validation_size: int = 256) -> tuple[dict, TaskDa
         file = (path.parent / spec[key]).resolve()
         if not file.is_file():
             raise DataError(f"{path}: {key} file not found: {file}")
-        rows = _read_jsonl(file)
+        rows = read_jsonl(file)
         if not rows:
             raise DataError(f"{file}: no examples")
         for number, row in enumerate(rows, 1):

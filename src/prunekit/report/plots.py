@@ -41,6 +41,10 @@ def line_plot(series: dict[str, Sequence[float]], path: Path, *, title: str, xla
         ax.plot(list(x) if x is not None else range(1, len(values) + 1), list(values), label=name, marker="." if len(values) < 40 else None)
     if logy:
         ax.set_yscale("log")
+    if x is not None and all(float(v).is_integer() for v in x):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layer indices, not 0.2 steps
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
