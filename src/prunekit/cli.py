@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -218,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated (default 32)")
     bench.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up; medians (default 5)")
     bench.add_argument("--json", help="write the report to this JSON file")
+
+    run = sub.add_parser("run", help="run a YAML recipe: steps (methods, LoRA, eval) in order, resumable")
+    run.add_argument("recipe", help="recipe file (YAML: model?, calibration?, steps: [{method: ..., ...}])")
+    run.add_argument("--model", help="model to start from (default: the recipe's 'model')")
+    run.add_argument("--gguf-file", help="GGUF file inside --model (auto-detected when it is the only file)")
+    run.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    run.add_argument("--data-root", help="folder of the named corpora (default: $PRUNEKIT_DATA or ../shared/data)")
+    run.add_argument("--out", required=True, help="output directory (written atomically at the end)")
+    run.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    run.add_argument("--resume", action="store_true", help="continue after the last completed step of a failed run")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     report = sub.add_parser("report", help="one HTML + markdown page for a pruned model from its prunekit.json")
     report.add_argument("run_dir", help="a folder written by `prunekit prune` (holds prunekit.json)")
@@ -530,6 +543,35 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .runner import load_recipe_file, run_recipe
+
+    recipe = load_recipe_file(args.recipe)  # every step is validated before the model is loaded
+    model = args.model or recipe.model
+    if not model:
+        raise ArgumentError(f"{args.recipe}: no model: give --model or a 'model:' line in the recipe")
+    check_output_path(args.out, args.overwrite)
+
+    def load(path: str):
+        return api.load(path, gguf_file=args.gguf_file if path == model else None, dtype=args.dtype, device=args.device)
+
+    def report(number: int, item, record: dict) -> None:
+        summary = {key: record[key] for key in ("depth", "width", "lowrank") if key in record}
+        if record.get("sparsity"):
+            summary = {"sparsity": round(record["sparsity"]["overall"], 4)}
+        if "evaluation" in record:
+            summary = {k: record["evaluation"][k] for k in ("ppl", "zero_shot") if k in record["evaluation"]}
+        if "recovery" in record:
+            summary = {"final loss": record["recovery"]["losses"][-1]}
+        print(f"step {number}/{len(recipe.steps)} (line {item.line}) {item.method}: done "
+              f"{json.dumps(summary, default=str)[:300]}", flush=True)
+
+    path, _ = run_recipe(recipe, model, args.out, resume=args.resume, overwrite=args.overwrite,
+                         data_root=args.data_root, progress=not args.no_progress, load=load, on_step=report)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report
 
@@ -556,7 +598,7 @@ def _print_cost(report: dict) -> None:
         print(f"note: {note}")
 
 
-COMMANDS = {"bench": cmd_bench, "report": cmd_report, "search-svd": cmd_search_svd, "tasks": cmd_tasks, "analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
+COMMANDS = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "search-svd": cmd_search_svd, "tasks": cmd_tasks, "analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

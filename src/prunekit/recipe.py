@@ -86,3 +86,179 @@ class Step:
         if "method" not in data:
             raise ArgumentError("step has no 'method'")
         return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe files: an ordered list of steps in YAML, validated before any work.
+
+PSEUDO_METHODS = ("lora", "eval")
+TARGET_KEYS = ("sparsity", "pattern", "roles", "layers")
+EVAL_KEYS = {"ppl": list, "max_windows": int, "eval_seqlen": int, "tasks": list, "limit": int, "icl": list,
+             "shots": int, "icl_limit": int}
+TOP_LEVEL_KEYS = ("model", "calibration", "steps")
+
+
+@dataclass
+class RecipeStep:
+    """One line of a recipe file: a pruning :class:`Step`, a LoRA recovery, or an evaluation."""
+
+    line: int  # 1-based line of the step in its file (for messages)
+    method: str
+    step: Step | None = None
+    calibration: CalibrationSettings | None = None
+    lora: Any = None  # LoraSettings
+    evaluation: dict[str, Any] | None = None
+
+    def where(self, source: str, number: int) -> str:
+        return f"{source} line {self.line} (step {number}: {self.method})"
+
+
+@dataclass
+class Recipe:
+    steps: list[RecipeStep]
+    source: str = "recipe"
+    model: str | None = None
+    text: str = ""
+
+
+def _step_lines(text: str, source: str) -> list[int]:
+    """The 1-based line of every item under ``steps:`` (YAML node marks), for error messages."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise ArgumentError(f"{source}: not valid YAML ({exc})".replace("\n", " ")) from exc
+    if root is None or not isinstance(root, yaml.MappingNode):
+        raise ArgumentError(f"{source}: a recipe is a mapping with a 'steps' list")
+    for key, value in root.value:
+        if key.value == "steps" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    raise ArgumentError(f"{source}: the recipe has no 'steps' list")
+
+
+def _calibration(values: Any, where: str, defaults: CalibrationSettings | None = None) -> CalibrationSettings:
+    if values is None:
+        return defaults or CalibrationSettings()
+    if not isinstance(values, dict):
+        raise ArgumentError(f"{where}: 'calibration' must be a mapping")
+    known = {f for f in CalibrationSettings.__dataclass_fields__}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ArgumentError(f"{where}: unknown calibration keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    merged = CalibrationSettings(**{**asdict(defaults or CalibrationSettings()), **values})
+    merged.validate()
+    return merged
+
+
+def parse_recipe(text: str, source: str = "recipe") -> Recipe:
+    """Parse and statically validate a recipe: every method, option, target and the order of steps.
+
+    Each error names the file and the line of the step that is wrong. Checks that need the model
+    (layer indices after earlier depth steps, roles the family has) are in :func:`check_recipe_targets`.
+    """
+    import yaml
+
+    lines = _step_lines(text, source)
+    data = yaml.safe_load(text)
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ArgumentError(f"{source}: unknown top-level keys {', '.join(unknown)} (known: {', '.join(TOP_LEVEL_KEYS)})")
+    if not data["steps"]:
+        raise ArgumentError(f"{source}: the recipe has no steps")
+    defaults = _calibration(data.get("calibration"), f"{source} (calibration)")
+    steps: list[RecipeStep] = []
+    for number, (line, raw) in enumerate(zip(lines, data["steps"]), 1):
+        where = f"{source} line {line} (step {number})"
+        if not isinstance(raw, dict) or "method" not in raw:
+            raise ArgumentError(f"{where}: a step is a mapping with a 'method'")
+        values = dict(raw)
+        method = str(values.pop("method"))
+        where = f"{source} line {line} (step {number}: {method})"
+        try:
+            steps.append(_parse_step(line, method, values, defaults, where))
+        except ArgumentError as exc:
+            message = str(exc)
+            raise ArgumentError(message if message.startswith(source) else f"{where}: {message}") from exc
+    recipe = Recipe(steps, source, data.get("model"), text)
+    _check_order(recipe)
+    return recipe
+
+
+def _parse_step(line: int, method: str, values: dict, defaults: CalibrationSettings, where: str) -> RecipeStep:
+    if method == "lora":
+        from .recovery import LoraSettings
+
+        known = set(LoraSettings.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ArgumentError(f"unknown LoRA keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        settings = LoraSettings(**values)
+        settings.validate()
+        return RecipeStep(line, method, lora=settings)
+    if method == "eval":
+        unknown = sorted(set(values) - set(EVAL_KEYS))
+        if unknown:
+            raise ArgumentError(f"unknown eval keys {', '.join(unknown)} (known: {', '.join(EVAL_KEYS)})")
+        for key, value in values.items():
+            if EVAL_KEYS[key] is list and isinstance(value, str):
+                values[key] = [v.strip() for v in value.split(",") if v.strip()]
+            elif not isinstance(values[key], EVAL_KEYS[key]) or (EVAL_KEYS[key] is int and value < 1):
+                raise ArgumentError(f"'{key}' must be {'a list' if EVAL_KEYS[key] is list else 'a positive integer'}")
+        if not any(values.get(k) for k in ("ppl", "tasks", "icl")):
+            raise ArgumentError("an eval step needs ppl, tasks and/or icl")
+        if values.get("tasks"):
+            from .eval.zero_shot import require_known_tasks
+
+            require_known_tasks(values["tasks"])
+        for name in values.get("icl", []):
+            from .data.tasks import require_known_task
+
+            require_known_task(name)
+        return RecipeStep(line, method, evaluation=values)
+    calibration = _calibration(values.pop("calibration", None), where, defaults)
+    target = {k: values.pop(k) for k in TARGET_KEYS if k in values}
+    step = Step(method, options=values, **target)
+    step.validated()
+    return RecipeStep(line, method, step=step, calibration=calibration)
+
+
+def _check_order(recipe: Recipe) -> None:
+    """Orders that cannot work: weights stored as low-rank factors cannot be masked or shrunk later."""
+    factored_at = None
+    for number, item in enumerate(recipe.steps, 1):
+        if item.step is None:
+            continue
+        method_cls, options, _ = item.step.validated()
+        if factored_at is not None and method_cls.kind in ("mask", "width", "lowrank"):
+            raise ArgumentError(f"{item.where(recipe.source, number)}: impossible order — step {factored_at[0]} "
+                                f"(line {factored_at[1]}) stores matrices as low-rank factors, which a later "
+                                f"{method_cls.kind} step cannot change; put this step before it or drop --factored")
+        if method_cls.kind == "lowrank" and getattr(options, "factored", False):
+            factored_at = (number, item.line)
+
+
+def check_recipe_targets(recipe: Recipe, adapter) -> None:
+    """With the model's adapter, before any work: every layer selection is in range for the depth
+    the model will have when the step runs (earlier depth steps remove layers), and every role
+    exists in this family."""
+    from .selection import parse_layers, parse_roles
+
+    depth = adapter.num_layers()
+    for number, item in enumerate(recipe.steps, 1):
+        if item.step is None:
+            continue
+        try:
+            method_cls, options, _ = item.step.validated()
+            if item.step.layers is not None:
+                layers = parse_layers(item.step.layers, depth)
+                if not layers:
+                    raise ArgumentError(f"layers '{item.step.layers}' select nothing")
+            if item.step.roles is not None:
+                parse_roles(item.step.roles, adapter)
+            if method_cls.kind == "depth" and getattr(options, "granularity", "layer") == "layer":
+                explicit = parse_layers(item.step.layers, depth) if item.step.layers is not None else None
+                depth -= method_cls(None, options, explicit_layers=explicit).count(depth)
+        except ArgumentError as exc:
+            raise ArgumentError(f"{item.where(recipe.source, number)}: {exc} (the model has {depth} layers "
+                                "at this step)") from exc

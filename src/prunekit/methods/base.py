@@ -122,6 +122,11 @@ class DepthMethod(Method):
         """``{"remove": [layer indices], ...scores for the report}`` — decided, not yet applied."""
         raise NotImplementedError
 
+    def count(self, total: int) -> int:
+        """How many of ``total`` layers the plan will remove (recipes check later steps with it
+        before any work); raises :class:`ArgumentError` when that is impossible."""
+        raise NotImplementedError
+
 
 class WidthMethod(Method):
     """A method that removes whole units (heads, channels) and shrinks the model physically."""

@@ -1,0 +1,130 @@
+"""Running a recipe: steps in order on one model, each step's record kept, resumable.
+
+After every completed step the model and the records so far are checkpointed in a work folder
+beside the output (``.OUT.recipe-work``). A failed or interrupted run leaves no output folder,
+only that work folder; ``--resume`` reloads its checkpoint and continues with the next step if
+the recipe text and the model are the ones it was started with. A finished run writes the output
+atomically (model + ``prunekit.json`` with every step) and removes the work folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import api
+from .errors import ArgumentError, PrunekitError
+from .io import check_output_path, write_json
+from .models.loading import LoadedModel
+from .recipe import Recipe, RecipeStep, check_recipe_targets, parse_recipe
+
+STATE_NAME = "state.json"
+
+
+def load_recipe_file(path: str | Path) -> Recipe:
+    from .data.corpora import open_text
+    from .errors import DataError
+
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"recipe not found: {file}")
+    with open_text(file) as handle:
+        return parse_recipe(handle.read(), source=file.name)
+
+
+def work_dir_for(out: Path) -> Path:
+    return out.with_name(f".{out.name}.recipe-work")
+
+
+def _fingerprint(recipe: Recipe, model: str) -> str:
+    return hashlib.sha256((recipe.text + "\0" + str(model)).encode()).hexdigest()
+
+
+def run_step(lm: LoadedModel, item: RecipeStep, *, data_root, progress: bool) -> dict:
+    """Execute one recipe step on ``lm`` in place; return its record for ``prunekit.json``."""
+    if item.step is not None:
+        return api.prune(lm, item.step, calibration=item.calibration, data_root=data_root, progress=progress)
+    if item.lora is not None:
+        return api.recover(lm, item.lora, data_root=data_root, progress=progress)
+    started = time.perf_counter()
+    settings = item.evaluation
+    evaluation: dict = {}
+    if settings.get("ppl"):
+        evaluation.update(api.evaluate_perplexity(lm, settings["ppl"], seqlen=settings.get("eval_seqlen"),
+                                                  max_windows=settings.get("max_windows"), data_root=data_root,
+                                                  progress=progress))
+    if settings.get("tasks"):
+        evaluation.update(api.evaluate_zero_shot(lm, settings["tasks"], limit=settings.get("limit"), data_root=data_root,
+                                                 progress=progress))
+    if settings.get("icl"):
+        evaluation.update(api.evaluate_icl(lm, settings["icl"], shots=settings.get("shots"),
+                                           limit=settings.get("icl_limit"), data_root=data_root, progress=progress))
+    return {"step": {"method": "eval", "options": settings}, "calibration": None, "evaluation": evaluation,
+            "sparsity": {}, "layers": [], "timings": {"eval": round(time.perf_counter() - started, 3)},
+            "peak_rss_mb": None}
+
+
+def run_recipe(recipe: Recipe, model: str, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+               data_root=None, progress: bool = True, load: Callable[[str], LoadedModel] = api.load,
+               on_step: Callable[[int, RecipeStep, dict], None] | None = None) -> tuple[Path, dict]:
+    """Run every step of ``recipe`` on ``model`` and save the result to ``out``; ``(path, record)``."""
+    out = check_output_path(out, overwrite)
+    work = work_dir_for(out)
+    fingerprint = _fingerprint(recipe, model)
+    records: list[dict] = []
+    if resume:
+        state = _read_state(work)
+        if state is None:
+            raise ArgumentError(f"nothing to resume: no work folder {work} (run without --resume)")
+        if state["fingerprint"] != fingerprint:
+            raise ArgumentError(f"{work} was started with another recipe or model; run without --resume to start over")
+        records = state["records"]
+        lm = load(str(work / "checkpoint"))
+        lm.source.update(state["source"])
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        lm = load(model)
+    check_recipe_targets(_remaining(recipe, len(records)), lm.adapter)  # before any work
+    for number, item in enumerate(recipe.steps[len(records):], len(records) + 1):
+        try:
+            record = run_step(lm, item, data_root=data_root, progress=progress)
+        except PrunekitError as exc:
+            kept = f"steps 1-{number - 1} are checkpointed: --resume continues from step {number}" if number > 1 else ""
+            raise type(exc)(f"{item.where(recipe.source, number)}: {exc}" + (f" ({kept})" if kept else "")) from exc
+        record["recipe_line"] = item.line
+        records.append(record)
+        if on_step is not None:
+            on_step(number, item, record)
+        if number < len(recipe.steps):
+            _checkpoint(lm, work, fingerprint, records)
+    evaluation = next((r["evaluation"] for r in reversed(records) if "ppl" in r.get("evaluation", {})), None)
+    record = api.build_record(lm, records, evaluation)
+    record["recipe"]["file"] = recipe.source
+    record["recipe"]["text"] = recipe.text
+    path = api.save(lm, out, record=record, overwrite=overwrite)
+    shutil.rmtree(work, ignore_errors=True)
+    return path, record
+
+
+def _remaining(recipe: Recipe, done: int) -> Recipe:
+    return Recipe(recipe.steps[done:], recipe.source, recipe.model, recipe.text)
+
+
+def _read_state(work: Path) -> dict | None:
+    path = work / STATE_NAME
+    if not path.is_file() or not (work / "checkpoint").is_dir():
+        return None
+    return json.loads(path.read_text())
+
+
+def _checkpoint(lm: LoadedModel, work: Path, fingerprint: str, records: list[dict]) -> None:
+    """The model after the last completed step, and the records so far (each written atomically)."""
+    work.mkdir(parents=True, exist_ok=True)
+    api.save(lm, work / "checkpoint", record=api.build_record(lm, records), overwrite=True)
+    tmp = work / f"{STATE_NAME}.tmp"
+    write_json(tmp, {"fingerprint": fingerprint, "completed": len(records), "records": records, "source": lm.source})
+    tmp.replace(work / STATE_NAME)
