@@ -20,7 +20,8 @@ from .data import PROTOCOLS
 from .errors import ArgumentError, PrunekitError
 from .io import atomic_directory, check_output_path, write_json
 from .methods import available_methods
-from .recipe import CalibrationSettings, Step
+from .recipe import CalibrationSettings, RecipeStep, Step
+from .runner import run_step
 
 
 def _csv(value: str) -> list[str]:
@@ -277,11 +278,13 @@ def cmd_prune(args) -> int:
     _validate_eval_args(args)
     check_output_path(args.out, args.overwrite)
 
-    lm = _load(args)
-    result = api.prune(lm, step, calibration=calibration, data_root=args.data_root, progress=not args.no_progress)
-    steps = [result]
+    # the flags are a one- or two-step recipe, run by the same step runner as `prunekit run`
+    items = [RecipeStep(0, step.method, step=step, calibration=calibration)]
     if heal is not None:
-        steps.append(api.recover(lm, heal, data_root=args.data_root, progress=not args.no_progress))
+        items.append(RecipeStep(0, "lora", lora=heal))
+    lm = _load(args)
+    steps = [run_step(lm, item, data_root=args.data_root, progress=not args.no_progress) for item in items]
+    result = steps[0]
     started = time.perf_counter()
     evaluation = _evaluate(lm, args, args.eval)
     timings = {"eval": round(time.perf_counter() - started, 3)} if evaluation else {}
