@@ -61,11 +61,18 @@ def prune(
     calibration: CalibrationSettings | None = None,
     data_root: str | os.PathLike | None = None,
     progress: bool = True,
+    residency: Any = None,
     **options: Any,
 ) -> dict:
-    """Prune ``loaded`` in place with one step; return the step's record for ``prunekit.json``."""
+    """Prune ``loaded`` in place with one step; return the step's record for ``prunekit.json``.
+
+    ``residency`` (a :class:`~prunekit.models.streaming.StreamedModel`) streams decoder layers
+    from disk; only methods that work one layer at a time on the layer-wise engine accept it.
+    """
     step = method if isinstance(method, Step) else Step(method, sparsity, pattern, roles, layers, options)
     method_cls, parsed_options, target = step.validated()
+    if residency is not None:
+        require_streamable(method_cls, parsed_options)
     calibration = calibration or CalibrationSettings()
     calibration.validate()
     adapter = loaded.adapter
@@ -128,7 +135,7 @@ def prune(
         results = layerwise(
             loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, collect_upfront=pruner.collect_upfront,
             views_for=views_for, layers=layer_ids, batch_size=batch_size, stats_dtype=pruner.stats_dtype,
-            progress=progress,
+            progress=progress, residency=residency,
         )
     modules: dict[str, dict] = {}
     layer_reports = []
@@ -154,6 +161,37 @@ def prune(
         "timings": timings,
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def require_streamable(method_cls, options) -> None:
+    """Streaming keeps one decoder layer in memory and the checkpoint's tensor names: methods that
+    remove layers or units, store factors, or need the paired dense/pruned engine cannot stream."""
+    if method_cls.kind not in ("mask", "lowrank") or getattr(options, "factored", False) \
+            or getattr(method_cls, "engine", "layerwise") != "layerwise":
+        raise ArgumentError(f"--stream works with methods that prune one layer at a time in place (magnitude, wanda, "
+                            f"sparsegpt, ria, svd without --factored); {method_cls.name} is not one of them")
+
+
+def prune_streaming(model: str | os.PathLike, method: str | Step, out: str | os.PathLike, *,
+                    calibration: CalibrationSettings | None = None, gguf_file: str | None = None,
+                    data_root: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
+                    **target: Any) -> tuple[Path, dict]:
+    """Prune a model that need not fit in memory: decoder layers are read from the safetensors
+    shards one at a time, pruned and written to the output shards. Same masks as :func:`prune`."""
+    from .io import RECORD_NAME, atomic_directory, write_json
+    from .models.streaming import StreamedModel
+
+    step = method if isinstance(method, Step) else Step(method, **target)
+    require_streamable(*step.validated()[:2])
+    streamed = StreamedModel(model, gguf_file=gguf_file)
+    with atomic_directory(out, overwrite) as tmp:
+        streamed.begin_output(tmp)
+        result = prune(streamed.loaded, step, calibration=calibration, data_root=data_root, progress=progress,
+                       residency=streamed)
+        streamed.finish(tmp)
+        record = build_record(streamed.loaded, [result])
+        write_json(tmp / RECORD_NAME, record)
+    return Path(out), record
 
 
 def recover(loaded: LoadedModel, settings: LoraSettings | None = None, *, data_root: str | os.PathLike | None = None,

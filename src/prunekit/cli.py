@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = prune.add_argument_group("output")
     out.add_argument("--out", required=True, help="output directory (written atomically)")
     out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    out.add_argument("--stream", action="store_true", help="stream decoder layers from the safetensors shards one "
+                     "at a time (models larger than memory; layer-wise methods; no --heal/--eval)")
     out.add_argument("--heal", choices=("lora",), help="recover quality after pruning (LoRA, merged; sparsity kept)")
     _add_lora_args(prune, "heal-")
     _add_eval_args(prune, "--eval")
@@ -278,6 +280,8 @@ def cmd_prune(args) -> int:
     _validate_eval_args(args)
     check_output_path(args.out, args.overwrite)
 
+    if args.stream:
+        return _prune_streaming(args, step, calibration)
     # the flags are a one- or two-step recipe, run by the same step runner as `prunekit run`
     items = [RecipeStep(0, step.method, step=step, calibration=calibration)]
     if heal is not None:
@@ -303,6 +307,20 @@ def cmd_prune(args) -> int:
         print(f"pruned {args.model} with {step.method} ({result['step'].get('pattern') or result['step'].get('sparsity')}):"
               f" overall sparsity {result['sparsity']['overall']:.4f} -> {path}")
     _print_ppl(evaluation)
+    return 0
+
+
+def _prune_streaming(args, step: Step, calibration: CalibrationSettings) -> int:
+    if args.heal or args.eval:
+        raise ArgumentError("--stream writes layers as it goes: --heal and --eval need the whole model; "
+                            "run `prunekit recover` / `prunekit eval` on the output")
+    api.require_streamable(*step.validated()[:2])
+    path, record = api.prune_streaming(args.model, step, args.out, calibration=calibration, gguf_file=args.gguf_file,
+                                       data_root=args.data_root, overwrite=args.overwrite, progress=not args.no_progress)
+    overall = record["sparsity"].get("overall")
+    print(f"pruned {args.model} with {step.method}, streaming one layer at a time"
+          + (f": overall sparsity {overall:.4f}" if overall is not None else "")
+          + f"; peak RSS {record['peak_rss_mb']:.0f} MB -> {path}")
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -86,6 +86,25 @@ def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size
     return _Inputs(hidden, extra_args, kwargs)
 
 
+class LayerResidency(Protocol):
+    """Where decoder layers live: ``before(i)`` makes layer ``i`` usable, ``after(i)`` says the
+    walk is done with it (a streamed model writes it out and frees it)."""
+
+    def before(self, index: int) -> None: ...
+
+    def after(self, index: int) -> None: ...
+
+
+class _AlwaysResident:
+    """The whole model is in memory: nothing to do."""
+
+    def before(self, index: int) -> None:
+        pass
+
+    def after(self, index: int) -> None:
+        pass
+
+
 def _run_layer(layer: torch.nn.Module, inputs: _Inputs, out: torch.Tensor | None, batch_size: int) -> None:
     """Run ``layer`` over all inputs in batches, writing into ``out`` (or only firing hooks)."""
     with torch.inference_mode():
@@ -109,14 +128,18 @@ def layerwise(
     batch_size: int = 8,
     stats_dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    residency: LayerResidency | None = None,
 ) -> list[tuple[int, Any, float]]:
     """Call ``on_layer`` once per selected decoder layer; returns ``(index, result, seconds)``.
 
     Without calibration data (``calib_ids is None``) the walk is data-free. With data, every
     layer up to the last selected one is run to propagate inputs; the statistics in ``needs`` are
     collected for the selected layers only — in one pass through the still-dense layer
-    (``collect_upfront``), or by the method itself through ``ctx.recollect``.
+    (``collect_upfront``), or by the method itself through ``ctx.recollect``. With a
+    ``residency`` (a model streamed from disk), each layer is materialised just before the walk
+    reaches it and handed back as soon as the next layer's inputs are computed.
     """
+    residency = residency or _AlwaysResident()
     adapter = loaded.adapter
     total = adapter.num_layers()
     selected = sorted(set(range(total) if layers is None else layers))
@@ -127,8 +150,10 @@ def layerwise(
     if calib_ids is None:
         for index in selected:
             started = time.perf_counter()
+            residency.before(index)
             ctx = LayerContext(index, adapter.decoder_layers()[index], views_for(index), adapter=adapter)
             results.append((index, on_layer(ctx), time.perf_counter() - started))
+            residency.after(index)
             bar.update(1)
         bar.close()
         return results
@@ -137,6 +162,7 @@ def layerwise(
     outputs = torch.empty_like(inputs.hidden)
     last = selected[-1] if selected else -1
     for index in range(last + 1):
+        residency.before(index)
         layer = adapter.decoder_layers()[index]
         started = time.perf_counter()
         if index in selected:
@@ -158,6 +184,7 @@ def layerwise(
         if index < last:
             _run_layer(layer, inputs, outputs, batch_size)
             inputs.hidden, outputs = outputs, inputs.hidden
+        residency.after(index)
         if index in selected:
             results.append((index, result, time.perf_counter() - started))
             bar.update(1)

@@ -150,7 +150,7 @@ def _find_gguf(model_dir: Path) -> str | None:
     raise ModelLoadError(f"{model_dir} is not a Hugging Face model directory (no config.json, no .gguf file)")
 
 
-def _check_config(config: Any, where: str) -> type[Adapter]:
+def check_config(config: Any, where: str) -> type[Adapter]:
     adapter_cls = adapter_class_for(getattr(config, "model_type", "<unknown>"))
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
@@ -160,22 +160,10 @@ def _check_config(config: Any, where: str) -> type[Adapter]:
     return adapter_cls
 
 
-def load_model(
-    model: str | os.PathLike,
-    *,
-    gguf_file: str | None = None,
-    dtype: str = "auto",
-    device: str = "auto",
-    num_layers: int | None = None,
-) -> LoadedModel:
-    """Load a causal LM and its tokenizer, and pick the adapter for its family.
-
-    ``num_layers`` keeps only the first layers (used to measure how memory scales with depth).
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+def resolve_source(model: str | os.PathLike, gguf_file: str | None = None) -> tuple[str | Path, dict[str, Any]]:
+    """Where the weights are read from (a local HF directory, the converted GGUF, or a hub id) and
+    the record of what was asked for."""
     name = str(model)
-    started = time.perf_counter()
     path = Path(name).expanduser()
     source: dict[str, Any] = {"model": name, "gguf_file": gguf_file}
     if path.is_dir():
@@ -196,6 +184,26 @@ def load_model(
             raise ModelLoadError(f"'{name}' is not a local directory, and the Hugging Face Hub is unreachable: {reason}")
         load_from = name  # a hub id: works where the Hugging Face Hub is reachable
     source["resolved"] = str(load_from)
+    return load_from, source
+
+
+def load_model(
+    model: str | os.PathLike,
+    *,
+    gguf_file: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    num_layers: int | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, and pick the adapter for its family.
+
+    ``num_layers`` keeps only the first layers (used to measure how memory scales with depth).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    load_from, source = resolve_source(model, gguf_file)
+    name = source["model"]
 
     try:
         config = AutoConfig.from_pretrained(str(load_from))
@@ -206,7 +214,7 @@ def load_model(
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from exc
         raise ModelLoadError(f"cannot read the config of {load_from}: {exc}") from exc
-    adapter_cls = _check_config(config, name)
+    adapter_cls = check_config(config, name)
     trusted_code = _own_remote_code(load_from, config)
     if needs_remote_code(config) and not trusted_code:
         raise ModelLoadError(f"{load_from} has pruned shapes (per-layer or factored) but its {REMOTE_FILE} is not the one prunekit "
