@@ -1,5 +1,7 @@
 """FISTAPruner: the solver's numerics, the λ search, exact targets, correction modes."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -148,12 +150,17 @@ def test_objective_non_increasing_on_a_real_layer(real_lm, data_root):
 
 
 def test_parallel_workers_give_identical_weights(tiny_model_dir):
+    """Serial, two spawned processes, and two Ray tasks (a local Ray runtime) agree exactly."""
     weights = {}
-    for workers in (1, 2):
+    runs = [(1, "process"), (2, "process")]
+    if importlib.util.find_spec("ray") is not None:
+        runs.append((2, "ray"))
+    for workers, executor in runs:
         lm = prunekit.load(tiny_model_dir("llama"))
-        prunekit.prune(lm, "fista", sparsity=0.5, calibration=FAST, progress=False, workers=workers)
-        weights[workers] = {v.name: v.weight.clone() for i in range(2) for v in lm.adapter.linears(i)}
-    for name, weight in weights[1].items():
-        assert torch.equal(weight, weights[2][name]), name
+        prunekit.prune(lm, "fista", sparsity=0.5, calibration=FAST, progress=False, workers=workers, executor=executor)
+        weights[workers, executor] = {v.name: v.weight.clone() for i in range(2) for v in lm.adapter.linears(i)}
+    for run in runs[1:]:
+        for name, weight in weights[1, "process"].items():
+            assert torch.equal(weight, weights[run][name]), (run, name)
     with pytest.raises(ArgumentError, match="--workers"):
         prunekit.prune(lm, "fista", sparsity=0.5, workers=2, correction="intra+inter", progress=False)

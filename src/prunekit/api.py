@@ -130,7 +130,7 @@ def prune(
     if getattr(pruner, "engine", "layerwise") == "paired":
         results = paired_layerwise(loaded, pruner.prune_paired, calib_ids=calib_ids, correction=parsed_options.correction,
                                    layers=layer_ids, views_for=views_for, batch_size=batch_size, progress=progress,
-                                   workers=parsed_options.workers)
+                                   workers=parsed_options.workers, executor=parsed_options.executor)
     else:
         results = layerwise(
             loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, collect_upfront=pruner.collect_upfront,

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..errors import NumericalError
 from ..models.adapters.base import LinearView
 from ..models.loading import LoadedModel
+from ..parallel import make_pool
 from .layerwise import _first_layer_inputs, _Inputs, _run_layer, _StopForward
 
 CORRECTIONS = ("intra", "none", "intra+inter")
@@ -113,10 +114,6 @@ def prune_layer_paired(layer: torch.nn.Module, views: list[LinearView], prune_vi
     return reports
 
 
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def _worker_job(layer: torch.nn.Module, specs: list[tuple], prune_view: Callable, dense: _Inputs, correction: str,
                 batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """Worker side: rebuild the views on the received layer copy, prune, return the new weights."""
@@ -137,6 +134,7 @@ def paired_layerwise(
     batch_size: int,
     progress: bool = True,
     workers: int = 1,
+    executor: str = "process",
 ) -> list[tuple[int, dict[str, dict], float]]:
     """Prune the selected layers; ``prune_view(view, dense_weight, stats)`` changes ``view`` in place
     and returns its report. Returns ``(index, reports, seconds)`` per selected layer.
@@ -145,6 +143,8 @@ def paired_layerwise(
     layers are independent): this process walks the dense model and hands each selected layer,
     with a copy of its inputs, to a pool of spawned processes; at most ``workers`` layers (and
     their input copies) are in flight. Each worker uses ``cpu_count // workers`` threads.
+    ``executor="ray"`` sends the layers to Ray tasks instead (a local runtime, or the cluster at
+    ``RAY_ADDRESS``): same jobs, same results.
     """
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}")
@@ -159,7 +159,7 @@ def paired_layerwise(
     last = selected[-1] if selected else -1
     results: list[tuple[int, dict[str, dict], float]] = []
     bar = tqdm(total=len(selected), desc="layers", unit="layer", disable=not progress)
-    pool = _pool(workers) if workers > 1 else None
+    pool = make_pool(workers, executor) if workers > 1 else None
     pending: dict = {}
 
     def collect(block: bool) -> None:
@@ -209,13 +209,3 @@ def paired_layerwise(
             pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     return sorted(results, key=lambda r: r[0])
-
-
-def _pool(workers: int):
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))

@@ -45,6 +45,10 @@ class FistaOptions:
         "help": "fista: bisection stops when the zero fraction is this close to the target"})
     workers: int = field(default=1, metadata={
         "help": "fista: prune decoder layers in this many processes (intra/none: layers are independent)"})
+    executor: str = field(default="process", metadata={
+        "choices": ("process", "ray"),
+        "help": "fista: where --workers run: local spawned processes, or Ray tasks (local, or the cluster at "
+                "RAY_ADDRESS)"})
     refit_iterations: int = field(default=50, metadata={
         "help": "fista: conjugate-gradient steps of the least-squares re-fit on the kept support (0: no re-fit)"})
 
