@@ -18,7 +18,6 @@ the shared prefix and every choice continues from it. A test holds the two to th
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,7 +108,6 @@ def evaluate_zero_shot(model, tokenizer, names: Sequence[str], *, data_root: Pat
                        batch_size: int = 16, progress: bool = True) -> dict:
     """acc / acc_norm per task (the harness's numbers), their means, examples scored and seconds."""
     from lm_eval import evaluator
-    from lm_eval.models.huggingface import HFLM
 
     require_known_tasks(names)
     if limit is not None and limit < 1:
@@ -118,10 +116,9 @@ def evaluate_zero_shot(model, tokenizer, names: Sequence[str], *, data_root: Pat
     # the harness warns once per task that a custom dataset loader is in use: that is by design here
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     tasks = _tasks_for(names, data_root)
-    device = str(next(model.parameters()).device)
-    harness_lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    harness_lm = _harness_lm(model, tokenizer, batch_size, progress)
     task_dict = {task.config.task: task for group in tasks.values() for task in group}
-    with _tqdm_disabled(not progress):  # the harness's bars take no switch of their own
+    with _harness_bars(progress):
         output = evaluator.evaluate(lm=harness_lm, task_dict=task_dict, limit=limit, bootstrap_iters=0,
                                     log_samples=False, verbosity="INFO" if progress else "ERROR")
     results: dict[str, dict] = {}
@@ -148,17 +145,34 @@ def evaluate_zero_shot(model, tokenizer, names: Sequence[str], *, data_root: Pat
 
 
 @contextmanager
-def _tqdm_disabled(disabled: bool):
-    previous = os.environ.get("TQDM_DISABLE")
-    if disabled:
-        os.environ["TQDM_DISABLE"] = "1"
+def _harness_bars(shown: bool):
+    """The harness's progress bars follow ``progress``: its request-building bar takes no switch
+    (so its module's ``tqdm`` is swapped for a disabled one for the duration), and its scoring
+    bars take ``disable_tqdm``, which the evaluator never passes (see :func:`_harness_lm`)."""
+    if shown:
+        yield
+        return
+    import functools
+
+    import lm_eval.api.task as task_module
+
+    original = task_module.tqdm
+    task_module.tqdm = functools.partial(original, disable=True)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+        task_module.tqdm = original
+
+
+def _harness_lm(model, tokenizer, batch_size: int, progress: bool):
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not progress)
+
+    device = str(next(model.parameters()).device)
+    return QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
