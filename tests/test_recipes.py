@@ -48,6 +48,8 @@ def test_recipe_composes_depth_unstructured_lora_eval(tiny_model_dir, data_root,
         if "layers.0" in name and name.endswith("proj.weight"):
             assert (param.reshape(-1, 4) == 0).sum(1).min() >= 2, name
     assert not work_dir_for(out).exists()
+    page = (out / "report" / "report.md").read_text()
+    assert "## Depth (step 1)" in page and "## Recovery (step 3)" in page and "| wikitext2 |" in page
 
 
 def test_resume_after_interruption_matches_one_run(tiny_model_dir, data_root, tmp_path):

@@ -191,6 +191,10 @@ def prune_streaming(model: str | os.PathLike, method: str | Step, out: str | os.
         streamed.finish(tmp)
         record = build_record(streamed.loaded, [result])
         write_json(tmp / RECORD_NAME, record)
+        from .report.page import render_report
+
+        (tmp / "report").mkdir()
+        render_report(record, tmp / "report", Path(out))
     return Path(out), record
 
 
@@ -289,15 +293,26 @@ def build_record(loaded: LoadedModel, steps: list[dict], evaluation: dict | None
 
 
 def save(loaded: LoadedModel, out: str | os.PathLike, *, record: dict, overwrite: bool = False,
-         extras: Callable[[Path], None] | None = None) -> Path:
-    """Write ``loaded`` as a plain HF directory with ``prunekit.json``, atomically.
+         extras: Callable[[Path], None] | None = None, report: bool = True) -> Path:
+    """Write ``loaded`` as a plain HF directory with ``prunekit.json``, atomically; with ``report``
+    the run's page (``report/report.html`` and ``report.md``, see ``prunekit report``) lands with it.
 
     A width-pruned model's config is re-synchronised first: a later depth step renumbers layers,
     and per-layer shapes are recorded by layer name.
     """
     if has_per_layer_shapes(loaded.model.config):
         sync_config_shapes(loaded.adapter)
-    return save_model(loaded.model, loaded.tokenizer, out, record, overwrite=overwrite, extras=extras)
+
+    def add_files(tmp: Path) -> None:
+        if extras is not None:
+            extras(tmp)
+        if report:
+            from .report.page import render_report
+
+            (tmp / "report").mkdir()
+            render_report(record, tmp / "report", Path(out))
+
+    return save_model(loaded.model, loaded.tokenizer, out, record, overwrite=overwrite, extras=add_files)
 
 
 def block_influence(loaded: LoadedModel, calibration: CalibrationSettings | None = None, *,

@@ -124,7 +124,7 @@ def _read_state(work: Path) -> dict | None:
 def _checkpoint(lm: LoadedModel, work: Path, fingerprint: str, records: list[dict]) -> None:
     """The model after the last completed step, and the records so far (each written atomically)."""
     work.mkdir(parents=True, exist_ok=True)
-    api.save(lm, work / "checkpoint", record=api.build_record(lm, records), overwrite=True)
+    api.save(lm, work / "checkpoint", record=api.build_record(lm, records), overwrite=True, report=False)
     tmp = work / f"{STATE_NAME}.tmp"
     write_json(tmp, {"fingerprint": fingerprint, "completed": len(records), "records": records, "source": lm.source})
     tmp.replace(work / STATE_NAME)

@@ -331,7 +331,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, evaluati
                  baseline: str | Path | None = None, cost: str | Path | None = None,
                  analyses: list[str | Path] = (), overwrite: bool = False) -> Path:
     """Write ``report.html`` (self-contained), ``report.md`` and its PNGs to ``out`` (default
-    ``RUN_DIR/report``), atomically. Every input file is read before anything is written."""
+    ``RUN_DIR/report``, replaced), atomically. Every input file is read before anything is written."""
     run_dir = Path(run_dir)
     record = read_record(run_dir)
     folders = [Path(a) for a in analyses]
@@ -341,9 +341,21 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, evaluati
     extra = {key: read_json_file(Path(path), what) if path else None
              for key, path, what in (("evaluation", evaluation, "evaluation JSON"),
                                      ("baseline", baseline, "baseline evaluation JSON"), ("cost", cost, "bench JSON"))}
-    title = f"prunekit report: {Path(str(record.get('model', {}).get('model', run_dir))).name} → {run_dir.name}"
-    with atomic_directory(out or run_dir / "report", overwrite) as tmp:
-        sections = build_sections(record, run_dir, tmp, analyses=folders, **extra)
-        (tmp / "report.md").write_text(render_markdown(title, sections))
-        (tmp / "report.html").write_text(render_html(title, sections, tmp))
+    # the default place holds the page `prunekit prune` wrote: regenerating it replaces it
+    with atomic_directory(out or run_dir / "report", overwrite or out is None) as tmp:
+        render_report(record, tmp, run_dir, analyses=folders, **extra)
     return Path(out or run_dir / "report")
+
+
+def render_report(record: dict, directory: Path, run_dir: Path, **inputs) -> None:
+    """Write ``report.md``, ``report.html`` and the figures into the existing ``directory``.
+
+    Without an explicit ``evaluation``, the last evaluation step of a recipe run is used.
+    """
+    if inputs.get("evaluation") is None:
+        inputs["evaluation"] = next((s["evaluation"] for s in reversed(record.get("steps", [])) if "evaluation" in s),
+                                    None)
+    title = f"prunekit report: {Path(str(record.get('model', {}).get('model', run_dir))).name} → {Path(run_dir).name}"
+    sections = build_sections(record, Path(run_dir), directory, **inputs)
+    (directory / "report.md").write_text(render_markdown(title, sections))
+    (directory / "report.html").write_text(render_html(title, sections, directory))
