@@ -7,7 +7,7 @@ first ``--limit`` examples of each of the seven LLM-Pruner/Wanda tasks (the harn
 same examples for every state). Finished states are kept in the JSON and skipped on a re-run.
 
 Part ``report``: the Wanda 50% model is saved with its evaluation (the states' zero-shot numbers
-plus perplexity on 8 WikiText-2 windows), measured by ``prunekit bench`` against the dense model,
+plus perplexity on 4 WikiText-2 windows), measured by ``prunekit bench`` against the dense model,
 rendered with ``prunekit report`` and photographed with headless Chromium (when installed) into
 ``docs/report_wanda50.png``.
 
@@ -79,7 +79,7 @@ def report(model_dir: Path, entry: dict) -> None:
     """Save Wanda 50% with its record, bench it against dense, render the page, photograph it.
 
     The zero-shot numbers on the page are the states' own (measured above); perplexity is added on
-    8 WikiText-2 windows.
+    4 WikiText-2 windows.
     """
     from prunekit.report import write_report
 
@@ -87,14 +87,14 @@ def report(model_dir: Path, entry: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dense = prunekit.load(model_dir)
-        dense_eval = {**prunekit.evaluate_perplexity(dense, ["wikitext2"], max_windows=8, progress=False),
+        dense_eval = {**prunekit.evaluate_perplexity(dense, ["wikitext2"], max_windows=4, progress=False),
                       **entry["dense"]}
         dense.model.save_pretrained(tmp / "dense")
         dense.tokenizer.save_pretrained(tmp / "dense")
         method, options = STATES["wanda 50%"]
         lm = prunekit.load(model_dir)
         step = prunekit.prune(lm, method, progress=False, **options)
-        evaluation = {**prunekit.evaluate_perplexity(lm, ["wikitext2"], max_windows=8, progress=False),
+        evaluation = {**prunekit.evaluate_perplexity(lm, ["wikitext2"], max_windows=4, progress=False),
                       **{k: v for k, v in entry["wanda 50%"].items() if k != "prune_seconds"}}
         prunekit.save(lm, tmp / "wanda50", record=prunekit.build_record(lm, [step], evaluation))
         write_json(tmp / "eval.json", evaluation)
