@@ -169,6 +169,9 @@ def test_sigint_during_evaluation(tiny_model_dir, tmp_path):
         [sys.executable, "-m", "prunekit.cli", "prune", "--model", str(tiny_model_dir("llama")), "--method", "magnitude",
          "--sparsity", "0.5", "--out", str(out), "--eval", "wikitext2", "--eval-seqlen", "32", "--eval-batch-size", "1"],
         stderr=subprocess.PIPE, text=True, env=env,
+        # a test runner started in the background (`cmd &` without job control) ignores SIGINT, and
+        # an ignored signal stays ignored across exec: give the CLI the default disposition
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = ""
     while "ppl wikitext2" not in seen:  # tqdm writes the evaluation bar to stderr
