@@ -163,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lora_args(prune, "heal-")
     _add_eval_args(prune, "--eval")
 
+    materialize = sub.add_parser("materialize", help="cut an SPP solution path at a sparsity: a smaller model, no new search")
+    materialize.add_argument("--path", required=True, help="an SPP run's output directory or its path.json")
+    materialize.add_argument("--sparsity", type=float, required=True,
+                             help="fraction of heads and MLP channels removed per pruned layer (within the path's range)")
+    materialize.add_argument("--model", help="the dense model the path was computed on (default: the one path.json names)")
+    materialize.add_argument("--gguf-file", help="GGUF file inside --model")
+    materialize.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    materialize.add_argument("--device", default="auto")
+    materialize.add_argument("--data-root", help="folder of the named corpora (for --eval)")
+    materialize.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    materialize.add_argument("--out", required=True, help="output directory (written atomically)")
+    materialize.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_eval_args(materialize, "--eval")
+
     recover = sub.add_parser("recover", help="LoRA fine-tune a pruned model, merge, keep its sparsity, save")
     _add_model_args(recover)
     _add_lora_args(recover)
@@ -306,6 +320,27 @@ def cmd_prune(args) -> int:
     else:
         print(f"pruned {args.model} with {step.method} ({result['step'].get('pattern') or result['step'].get('sparsity')}):"
               f" overall sparsity {result['sparsity']['overall']:.4f} -> {path}")
+    _print_ppl(evaluation)
+    return 0
+
+
+def cmd_materialize(args) -> int:
+    from .solution_path import check_sparsity as check_path_sparsity, read_path
+
+    _validate_eval_args(args)
+    check_output_path(args.out, args.overwrite)
+    spec = read_path(args.path)
+    check_path_sparsity(spec, args.sparsity)
+    lm, step = api.materialize(spec, args.sparsity, model=args.model, gguf_file=args.gguf_file, dtype=args.dtype,
+                               device=args.device)
+    step["step"]["options"]["materialized_from"] = str(args.path)
+    started = time.perf_counter()
+    evaluation = _evaluate(lm, args, args.eval)
+    record = api.build_record(lm, [step], evaluation, {"eval": round(time.perf_counter() - started, 3)} if evaluation else {})
+    path = api.save(lm, args.out, record=record, overwrite=args.overwrite)
+    width = step["width"]
+    print(f"materialised the SPP path at {args.sparsity}: parameters {width['params_before']:,} -> "
+          f"{width['params_after']:,} ({100 * width['params_removed_fraction']:.1f}% removed) -> {path}")
     _print_ppl(evaluation)
     return 0
 
@@ -619,7 +654,7 @@ def _print_cost(report: dict) -> None:
         print(f"note: {note}")
 
 
-COMMANDS = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "search-svd": cmd_search_svd, "tasks": cmd_tasks, "analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods}
+COMMANDS = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "search-svd": cmd_search_svd, "tasks": cmd_tasks, "analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods, "materialize": cmd_materialize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

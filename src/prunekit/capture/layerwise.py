@@ -34,7 +34,8 @@ class LayerContext:
 
     ``recollect(views)`` re-runs the layer, as it is *now*, over its calibration inputs and
     replaces the statistics of those views' input groups — what a true-sequential method calls
-    after pruning the maps that feed them (q/k/v before o, gate/up before down).
+    after pruning the maps that feed them (q/k/v before o, gate/up before down). ``replay()`` runs
+    the layer over the same inputs for whatever hooks the method has registered.
     """
 
     index: int
@@ -43,6 +44,7 @@ class LayerContext:
     stats: dict[str, InputStatistics] = field(default_factory=dict)
     recollect: Callable[[list[LinearView]], dict[str, InputStatistics]] | None = None
     adapter: Any = None
+    replay: Callable[[], None] | None = None  # run the layer as it is now over its calibration inputs (hooks fire)
 
     def stats_for(self, view: LinearView) -> InputStatistics:
         return self.stats[view.input_group]
@@ -177,7 +179,8 @@ def layerwise(
                 ctx.stats.update(fresh)
                 return fresh
 
-            ctx = LayerContext(index, layer, views, {}, recollect, adapter)
+            ctx = LayerContext(index, layer, views, {}, recollect, adapter,
+                               lambda layer=layer: _run_layer(layer, inputs, None, batch_size))
             if collect_upfront:
                 recollect(views)
             result = on_layer(ctx)

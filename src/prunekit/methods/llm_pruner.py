@@ -8,6 +8,8 @@ unit's weights, then the members are aggregated into the group's score:
 - ``element1``: ``|w · ∂L/∂w|`` (first-order Taylor; the reference default);
 - ``element2``: ``|w · ∂L/∂w − ½ w² F|`` with the Fisher diagonal ``F = mean(gᵢ²)`` over windows;
 - ``vector``: ``|Σ_{w ∈ unit} w · ∂L/∂w|``;
+- ``ria``: RIA's relative importance ``(|w|/Σrow + |w|/Σcol) · ||x||^½`` summed over the unit —
+  the one-shot "RIA group score" that SPP's path starts from (calibration norms, no gradients);
 - ``l1`` / ``l2``: weight-norm baselines; ``random``: seeded baseline.
 
 ``ratio`` is the fraction of heads (KV groups) and of MLP channels removed in each layer of the
@@ -30,9 +32,11 @@ from ..errors import ArgumentError
 from ..io.shapes import sync_config_shapes
 from ..models.adapters.units import UnitGroup
 from ..surgery.shrink import remove_units
+from ..capture.layerwise import layerwise
 from .base import WidthMethod, register
+from .ria import ria_scores
 
-IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random")
+IMPORTANCES = ("element1", "element2", "vector", "ria", "l1", "l2", "random")
 AGGREGATES = ("sum", "mean", "max", "prod", "last")
 KINDS = ("heads", "channels")
 
@@ -44,7 +48,7 @@ class LLMPrunerOptions:
     param_ratio: float | None = field(default=None, metadata={
         "help": "width: instead of --ratio, the fraction of all parameters to remove (per-layer ratio solved for)"})
     importance: str = field(default="element1", metadata={"choices": IMPORTANCES,
-                                                           "help": "width: Taylor element1/element2/vector, or l1/l2/random"})
+                                                           "help": "width: Taylor element1/element2/vector, RIA group score, or l1/l2/random"})
     aggregate: str = field(default="sum", metadata={"choices": AGGREGATES,
                                                     "help": "width: how member importances form a group's score"})
     layer_range: str = field(default="0.125:0.9375", metadata={
@@ -75,8 +79,9 @@ def parse_layer_range(text: str, depth: int) -> list[int]:
     return list(range(start, end))
 
 
-def member_scores(group: UnitGroup, importance: str, grads: dict, fishers: dict | None, generator) -> torch.Tensor:
-    """(members, units) importance of each member of each unit."""
+def member_scores(group: UnitGroup, importance: str, grads: dict | None, fishers: dict | None, generator,
+                  sqnorms: dict | None = None) -> torch.Tensor:
+    """(members, units) importance of each member of each unit (``sqnorms``: input group -> ||x_j||², for ria)."""
     if importance == "random":
         return torch.rand(1, group.units, generator=generator)
     rows = []
@@ -85,6 +90,8 @@ def member_scores(group: UnitGroup, importance: str, grads: dict, fishers: dict 
         w = view.weight.detach().float()
         if importance in ("l1", "l2"):
             elements = w.abs() if importance == "l1" else w * w
+        elif importance == "ria":
+            elements = ria_scores(w, sqnorms[view.input_group])
         else:
             g = grads[id(view.module)]
             g = g.t() if view.transposed else g
@@ -100,6 +107,13 @@ def member_scores(group: UnitGroup, importance: str, grads: dict, fishers: dict 
         unit = lines[member.index.to(lines.device)].sum(dim=1)
         rows.append(unit.abs() if importance == "vector" else unit)
     return torch.stack(rows).cpu()
+
+
+def input_sqnorms(loaded, calib_ids: torch.Tensor, layers: list[int], progress: bool) -> dict[int, dict[str, torch.Tensor]]:
+    """``||x_j||²`` of every input group of ``layers``, on the dense model's own activations."""
+    walk = layerwise(loaded, lambda ctx: {g: s.sqnorm for g, s in ctx.stats.items()}, calib_ids=calib_ids,
+                     needs=frozenset({"sqnorm"}), layers=layers, progress=progress)
+    return {index: norms for index, norms, _ in walk}
 
 
 def aggregate(scores: torch.Tensor, how: str) -> torch.Tensor:
@@ -151,6 +165,8 @@ class LLMPruner(WidthMethod):
         super().__init__(target, options)
         if self.options.importance in ("l1", "l2", "random"):
             self.needs = frozenset()
+        elif self.options.importance == "ria":
+            self.needs = frozenset({"sqnorm"})
 
     @classmethod
     def validate_options(cls, options):
@@ -190,14 +206,16 @@ class LLMPruner(WidthMethod):
                                                             checkpointing=opts.checkpointing, progress=progress)
             grads = dict(zip(modules, grad_list))
             fishers = dict(zip(modules, fisher_list)) if fisher_list is not None else None
+        sqnorms = input_sqnorms(loaded, calib_ids, layers, progress) if opts.importance == "ria" else {}
         generator = torch.Generator().manual_seed(opts.random_seed)
-        scores = {(i, k): aggregate(member_scores(g[k], opts.importance, grads, fishers, generator), opts.aggregate)
+        scores = {(i, k): aggregate(member_scores(g[k], opts.importance, grads, fishers, generator, sqnorms.get(i)),
+                                    opts.aggregate)
                   for i, g in groups.items() for k in self.kinds}
         del grads, fishers
         scoring_seconds = time.perf_counter() - started
 
         if opts.global_ranking:
-            plan = self._global_plan(groups, scores, ratio)
+            plan = global_plan(groups, scores, ratio, self.kinds)
         else:
             plan = {(i, k): choose_removed(groups[i][k], scores[(i, k)], removal_count(groups[i][k], ratio))
                     for i in layers for k in self.kinds}
@@ -240,18 +258,21 @@ class LLMPruner(WidthMethod):
             raise ArgumentError(f"--param-ratio {self.options.param_ratio} cannot be reached within the selected layers")
         return best[1]
 
-    def _global_plan(self, groups: dict, scores: dict, ratio: float) -> dict:
-        plan = {}
-        for k in self.kinds:
-            pool = [(float(s), i, u) for i, g in groups.items() for u, s in enumerate(scores[(i, k)])]
-            budget = sum(removal_count(g[k], ratio) for g in groups.values())
-            taken: dict[int, list[int]] = {i: [] for i in groups}
-            for score, i, u in sorted(pool):
-                if budget == 0:
-                    break
-                if len(taken[i]) < groups[i][k].units - 1:  # never empty a layer
-                    taken[i].append(u)
-                    budget -= 1
-            for i in groups:
-                plan[(i, k)] = sorted(taken[i])
-        return plan
+
+def global_plan(groups: dict, scores: dict, ratio: float, kinds: list[str]) -> dict:
+    """Rank units of all layers together: remove the lowest-scored of each kind until as many are
+    gone as the per-layer ``ratio`` would remove in total, never emptying a layer."""
+    plan = {}
+    for k in kinds:
+        pool = [(float(s), i, u) for i, g in groups.items() for u, s in enumerate(scores[(i, k)])]
+        budget = sum(removal_count(g[k], ratio) for g in groups.values())
+        taken: dict[int, list[int]] = {i: [] for i in groups}
+        for score, i, u in sorted(pool):
+            if budget == 0:
+                break
+            if len(taken[i]) < groups[i][k].units - 1:  # never empty a layer
+                taken[i].append(u)
+                budget -= 1
+        for i in groups:
+            plan[(i, k)] = sorted(taken[i])
+    return plan

@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 import torch
@@ -39,6 +39,8 @@ class LoadedModel:
     tokenizer: Any
     adapter: Adapter
     source: dict[str, Any] = field(default_factory=dict)
+    # files a step wants saved next to the model (name -> writer into the output directory), e.g. SPP's path.json
+    artifacts: dict[str, Callable[[Path], Any]] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,217 @@
+"""SPP — solution-path structured pruning (differential inclusion; ICLR 2025), zero-shot for LLMs.
+
+One run traces, per decoder layer, the path on which attention heads and MLP channels *enter* a
+sparse mask; cutting the path at any sparsity gives a physically smaller model, so every level
+comes from one search (``path.json`` + ``prunekit materialize``).
+
+What exactly runs (the paper leaves the LLM coupling open; these are our choices):
+
+- **Masks, pair-wise shared.** Per head a QK mask (its query and key rows) and a VO mask (its
+  value rows and output-projection columns); per MLP channel one mask (gate/up rows, down
+  column). Units come from the adapter, as for LLM-Pruner (``--head-grouping kv``: a KV head with
+  its query heads).
+- **Loss.** Layer-wise reconstruction of each sub-block's output on the dense model's calibration
+  activations, ``||Y_dense − Y(m)||² / ||Y_dense||²``, in closed form
+  (:mod:`prunekit.capture.unit_quadratics`): the MLP loss is quadratic in the channel masks; a
+  head's QK mask interpolates between its attention and uniform attention (exact at 0 and 1).
+  Weights are never updated.
+- **Iteration.** :func:`prunekit.lbi.linearized_bregman` from ``m = 1``, ``Γ = V = 0`` with
+  κ, ν, α (default 1/(L + 1/ν)), heavy-ball momentum and a number of iterations.
+- **RIA coupling.** A unit's sparsity penalty is weighted by its normalised RIA group score
+  ``ŝ = s / mean(s)`` (RIA summed over the unit's members, per layer and mask kind): the shrink
+  threshold is ``τ = ŝ^(−ria_power)``, so units RIA rates high need less accumulated evidence to
+  enter (an adaptive-lasso weighting). ``--ria-power 0`` is the plain iteration.
+- **Reading the path.** A head's entry is its VO pair's entry — a head with zero VO contributes
+  nothing and can be removed whole, while a head with only its QK pair at zero still contributes
+  (uniform attention) and cannot; QK entries are recorded in ``path.json``. Units that have not
+  entered by the last iteration rank after all that have, by ``|V| / τ``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..capture.layerwise import layerwise
+from ..capture.statistics import collect_statistics
+from ..capture.unit_quadratics import UnitQuadratic, UnitQuadraticCapture
+from ..errors import ArgumentError
+from ..lbi import LBISettings, PathResult, largest_eigenvalue, linearized_bregman
+from ..models.adapters.units import UnitGroup
+from .base import WidthMethod, register
+from .llm_pruner import KINDS, member_scores, parse_layer_range
+
+QK_ROLES = ("q", "k")
+VO_ROLES = ("v", "o")
+
+
+@dataclass
+class SPPOptions:
+    ratio: float | None = field(default=None, metadata={
+        "help": "width: fraction of heads (KV groups) and MLP channels removed in each selected layer"})
+    layer_range: str = field(default="0.125:0.9375", metadata={
+        "help": "width: START:END layers to prune, as fractions of depth (with a '.') or indices, END exclusive"})
+    global_ranking: bool = field(default=False, metadata={"help": "width: rank units of all selected layers together"})
+    head_grouping: str = field(default="kv", metadata={"choices": ("kv", "query"), "help": "width: GQA head unit"})
+    units: str = field(default="heads,channels", metadata={"help": "width: which units to prune: heads, channels or both"})
+    lbi_kappa: float = field(default=1.0, metadata={"help": "SPP: κ of Γ = κ·shrink(V, τ) (default 1)"})
+    lbi_nu: float = field(default=100.0, metadata={"help": "SPP: ν, the coupling ||m − Γ||²/(2ν) (default 100)"})
+    lbi_alpha: float | None = field(default=None, metadata={"help": "SPP: step size α (default 1/(L + 1/ν) per layer)"})
+    lbi_momentum: float = field(default=0.9, metadata={"help": "SPP: heavy-ball momentum on the mask gradient (default 0.9)"})
+    lbi_iterations: int = field(default=2000, metadata={"help": "SPP: Bregman iterations per layer (default 2000)"})
+    ria_power: float = field(default=1.0, metadata={
+        "help": "SPP: shrink threshold τ = (RIA group score / mean)^-power; 0 = plain iteration (default 1)"})
+
+
+def pair_scores(group: UnitGroup, sqnorms: dict[str, torch.Tensor], roles: tuple[str, ...] | None) -> torch.Tensor:
+    """RIA group score per unit, summed over the members whose role is in ``roles`` (all if None)."""
+    scores = member_scores(group, "ria", None, None, None, sqnorms)
+    rows = [r for r, member in enumerate(group.members) if roles is None or member.role in roles]
+    if not rows:  # e.g. query-head grouping has no k/v members: use every member
+        rows = list(range(len(group.members)))
+    return scores[rows].sum(0).double()
+
+
+def thresholds(scores: torch.Tensor, power: float) -> torch.Tensor:
+    normalised = scores / scores.mean().clamp_min(1e-30)
+    return normalised.clamp_min(1e-12).pow(-power)
+
+
+def channel_path(quad: UnitQuadratic, tau: torch.Tensor, settings: LBISettings) -> PathResult:
+    q = quad.q.double() / quad.energy
+    lipschitz = 2 * largest_eigenvalue(q)
+    return linearized_bregman(lambda m: 2 * (q @ (m - 1)), torch.ones(quad.units, dtype=torch.float64), tau,
+                              settings, lipschitz=lipschitz, loss=lambda m: float((m - 1) @ (q @ (m - 1))))
+
+
+def head_path(quad: UnitQuadratic, tau_vo: torch.Tensor, tau_qk: torch.Tensor, settings: LBISettings) -> PathResult:
+    """State ``[m_vo ; m_qk]``; coefficients ``c = [m_vo m_qk − 1 ; m_vo (1 − m_qk)]``."""
+    units = quad.units
+    q = quad.q.double() / quad.energy
+
+    def coefficients(m: torch.Tensor) -> torch.Tensor:
+        vo, qk = m[:units], m[units:]
+        return torch.cat([vo * qk - 1, vo * (1 - qk)])
+
+    def gradient(m: torch.Tensor) -> torch.Tensor:
+        vo, qk = m[:units], m[units:]
+        g = 2 * (q @ coefficients(m))
+        ga, gb = g[:units], g[units:]
+        return torch.cat([ga * qk + gb * (1 - qk), (ga - gb) * vo])
+
+    # the Jacobian of c at m = 1 is [[I, I], [0, −I]] with spectral norm² (3 + √5)/2
+    lipschitz = 2 * largest_eigenvalue(q) * 2.62
+    return linearized_bregman(gradient, torch.ones(2 * units, dtype=torch.float64), torch.cat([tau_vo, tau_qk]),
+                              settings, lipschitz=lipschitz,
+                              loss=lambda m: float(coefficients(m) @ (q @ coefficients(m))))
+
+
+def _entry_record(result: PathResult, group: UnitGroup, part: slice = slice(None)) -> dict:
+    return {"units": group.units, "partition": group.partition,
+            "entry_iteration": result.entry_iteration[part].tolist(),
+            "entry_time": [round(float(t), 6) for t in result.entry_time[part]],
+            "v_final": [round(float(v), 6) for v in result.v[part]]}
+
+
+@register
+class SPP(WidthMethod):
+    name = "spp"
+    summary = "solution-path structured pruning: one Bregman run orders heads/channels for every sparsity (SPP)"
+    needs = frozenset({"sqnorm"})
+    default_calib = "c4"
+    default_nsamples = 32
+    default_calib_seqlen = 512
+    Options = SPPOptions
+
+    @classmethod
+    def validate_options(cls, options):
+        if options.ratio is None or not 0 <= options.ratio < 1:
+            raise ArgumentError(f"--ratio must be given, in [0, 1) (got {options.ratio})")
+        kinds = [k.strip() for k in options.units.split(",") if k.strip()]
+        if not kinds or any(k not in KINDS for k in kinds):
+            raise ArgumentError(f"--units must name heads and/or channels, got '{options.units}'")
+        if options.lbi_kappa <= 0 or options.lbi_nu <= 0:
+            raise ArgumentError("--lbi-kappa and --lbi-nu must be > 0")
+        if options.lbi_alpha is not None and options.lbi_alpha <= 0:
+            raise ArgumentError(f"--lbi-alpha must be > 0 (got {options.lbi_alpha})")
+        if not 0 <= options.lbi_momentum < 1:
+            raise ArgumentError(f"--lbi-momentum must be in [0, 1) (got {options.lbi_momentum})")
+        if options.lbi_iterations < 1:
+            raise ArgumentError(f"--lbi-iterations must be >= 1 (got {options.lbi_iterations})")
+        if options.ria_power < 0:
+            raise ArgumentError(f"--ria-power must be >= 0 (got {options.ria_power})")
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k in KINDS if k in self.options.units]
+
+    @property
+    def settings(self) -> LBISettings:
+        o = self.options
+        return LBISettings(o.lbi_kappa, o.lbi_nu, o.lbi_alpha, o.lbi_momentum, o.lbi_iterations)
+
+    def search(self, loaded, calib_ids, *, progress: bool) -> dict:
+        """Trace the path of every selected layer on the dense model; the ``path.json`` content."""
+        from ..solution_path import FORMAT, fingerprint
+
+        adapter = loaded.adapter
+        opts = self.options
+        layers = parse_layer_range(opts.layer_range, adapter.num_layers())
+        if opts.global_ranking and opts.head_grouping == "query" and "heads" in self.kinds and \
+                any(adapter.unit_groups(i, "query")["heads"].partition > 1 for i in layers):
+            raise ArgumentError("--global-ranking with --head-grouping query cannot keep KV groups equal; use --head-grouping kv")
+        settings = self.settings
+        stamp = fingerprint(loaded)
+
+        def on_layer(ctx) -> dict:
+            groups = {k: g for k, g in adapter.unit_groups(ctx.index, opts.head_grouping).items() if k in self.kinds}
+            sqnorms: dict[str, torch.Tensor] = {}
+
+            def replay_collecting_norms() -> None:
+                with collect_statistics(ctx.views, frozenset({"sqnorm"})) as stats:
+                    ctx.replay()
+                sqnorms.update({g: s.sqnorm for g, s in stats.items()})
+
+            quads = UnitQuadraticCapture(groups).run(replay_collecting_norms, ctx.replay)
+            record: dict = {}
+            if "heads" in groups:
+                group = groups["heads"]
+                tau_vo = thresholds(pair_scores(group, sqnorms, VO_ROLES), opts.ria_power)
+                tau_qk = thresholds(pair_scores(group, sqnorms, QK_ROLES), opts.ria_power)
+                result = head_path(quads["heads"], tau_vo, tau_qk, settings)
+                units = group.units
+                entry = _entry_record(result, group, slice(0, units))
+                entry["qk_entry_iteration"] = result.entry_iteration[units:].tolist()
+                entry.update(alpha=result.alpha, final_loss=result.final_loss)
+                record["heads"] = entry
+            if "channels" in groups:
+                group = groups["channels"]
+                tau = thresholds(pair_scores(group, sqnorms, None), opts.ria_power)
+                result = channel_path(quads["channels"], tau, settings)
+                record["channels"] = {**_entry_record(result, group), "alpha": result.alpha, "final_loss": result.final_loss}
+            return record
+
+        started = time.perf_counter()
+        walk = layerwise(loaded, on_layer, calib_ids=calib_ids, collect_upfront=False,
+                         layers=layers, progress=progress)
+        return {"format": FORMAT, "model": {k: loaded.source.get(k) for k in ("model", "resolved", "gguf_file")},
+                "fingerprint": stamp, "kinds": self.kinds, "head_grouping": opts.head_grouping,
+                "global_ranking": opts.global_ranking, "settings": vars(settings), "ria_power": opts.ria_power,
+                "coupling": "threshold tau = (RIA group score / layer mean)^-ria_power; head entry = VO-pair entry",
+                "calibration_tokens": int(calib_ids.numel()), "search_seconds": round(time.perf_counter() - started, 3),
+                "layers": {str(index): record for index, record, _ in walk}}
+
+    def prune_width(self, loaded, calib_ids, *, progress: bool) -> dict:
+        from ..solution_path import PathArtifact, materialize
+
+        path = self.search(loaded, calib_ids, progress=progress)
+        started = time.perf_counter()
+        report = materialize(loaded, path, self.options.ratio)
+        loaded.artifacts["spp_path"] = PathArtifact(path)
+        entered = {k: sum(e >= 0 for layer in path["layers"].values() for e in layer[k]["entry_iteration"])
+                   / sum(layer[k]["units"] for layer in path["layers"].values()) for k in path["kinds"]}
+        report.update(path_file="path.json", entered_fraction=entered,
+                      seconds={"search": path["search_seconds"], "materialize": round(time.perf_counter() - started, 3)})
+        return report

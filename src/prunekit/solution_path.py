@@ -1,0 +1,188 @@
+"""A saved SPP solution path: which units enter when, and how to cut a model at any sparsity from it.
+
+``path.json`` holds, for every pruned layer and unit kind, each unit's entry time on the path
+(smaller = more important), plus a fingerprint of the model it was computed on. Materialising
+at sparsity ``s`` removes, per layer, the ``round(s · units)`` units that enter last (per KV group
+under query-head grouping; across layers with global ranking), using the same physical shrink as
+LLM-Pruner. The order is fixed, so a unit kept at ``s`` is kept at every lower sparsity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ArgumentError, DataError
+from .io.shapes import sync_config_shapes
+from .methods.llm_pruner import choose_removed, global_plan, removal_count
+from .models.loading import LoadedModel
+from .surgery.shrink import remove_units
+
+FORMAT = "prunekit-spp-path/1"
+FILE = "path.json"
+
+
+def fingerprint(loaded: LoadedModel) -> dict:
+    """What identifies the model a path belongs to: family, shapes, and a hash of two weight matrices."""
+    adapter = loaded.adapter
+    digest = hashlib.sha256()
+    for index in (0, adapter.num_layers() - 1):
+        digest.update(adapter.linears(index)[0].weight.detach().float().cpu().contiguous().numpy().tobytes())
+    return {"model_type": loaded.model.config.model_type, "num_layers": adapter.num_layers(),
+            "hidden_size": adapter.hidden_size, "shapes": [adapter.layer_shape(i) for i in range(adapter.num_layers())],
+            "weights_sha256": digest.hexdigest()}
+
+
+def max_sparsity(path: dict) -> float:
+    """The largest sparsity below which every group keeps at least one unit (per KV block)."""
+    limits = []
+    for kinds in path["layers"].values():
+        for entry in kinds.values():
+            block = entry["units"] // entry["partition"]
+            limits.append((block - 0.5) / block)
+    return min(limits)
+
+
+@dataclass
+class PathArtifact:
+    """What an SPP step leaves on the model: the path (for code that wants it) and its writer."""
+
+    path: dict
+
+    def __call__(self, directory: Path) -> Path:
+        return write_path(self.path, directory)
+
+
+def write_path(path: dict, directory: Path) -> Path:
+    """``path.json`` and its plot ``path.png`` into ``directory``."""
+    target = directory / FILE
+    target.write_text(json.dumps(path) + "\n")
+    plot_path(path, directory / "path.png")
+    return target
+
+
+def read_path(location: str | os.PathLike) -> dict:
+    """Load ``path.json`` from a file or a directory that holds one (e.g. an SPP run's output)."""
+    location = Path(location)
+    file = location / FILE if location.is_dir() else location
+    if not file.is_file():
+        raise DataError(f"no SPP path at {location} (expected {FILE}, written by `prunekit prune --method spp`)")
+    try:
+        path = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{file} is not valid JSON ({exc})") from None
+    if not isinstance(path, dict) or path.get("format") != FORMAT:
+        raise DataError(f"{file} is not an SPP path file (format {FORMAT})")
+    return path
+
+
+def check_sparsity(path: dict, sparsity: float) -> None:
+    limit = max_sparsity(path)
+    if not 0 <= sparsity < limit:
+        raise ArgumentError(f"--sparsity {sparsity} is outside this path's range [0, {limit:.4f}) "
+                            "(at or above it some layer would lose every unit)")
+
+
+def check_model(path: dict, loaded: LoadedModel) -> None:
+    """Refuse to cut a model the path was not computed on."""
+    theirs, ours = path["fingerprint"], fingerprint(loaded)
+    for key in ("model_type", "num_layers", "hidden_size", "shapes", "weights_sha256"):
+        if theirs.get(key) != ours.get(key):
+            what = "weights" if key == "weights_sha256" else key.replace("_", " ")
+            raise ArgumentError(f"this path was computed on another model (its {what} differ from "
+                                f"{loaded.source.get('model')}); materialise it from {path['model'].get('model')}")
+
+
+def unit_scores(entry: dict) -> torch.Tensor:
+    """Higher = more important: minus the entry time (units entering first are kept longest)."""
+    return -torch.tensor([t if t is not None else math.inf for t in entry["entry_time"]], dtype=torch.float64)
+
+
+def materialize(loaded: LoadedModel, path: dict, sparsity: float) -> dict:
+    """Remove the units the path drops at ``sparsity`` from ``loaded`` (in place); the width report."""
+    check_sparsity(path, sparsity)
+    adapter = loaded.adapter
+    grouping = path["head_grouping"]
+    layers = [int(i) for i in path["layers"]]
+    kinds = path["kinds"]
+    groups = {i: adapter.unit_groups(i, grouping) for i in layers}
+    scores = {}
+    for i in layers:
+        for kind in kinds:
+            entry = path["layers"][str(i)][kind]
+            if groups[i][kind].units != entry["units"]:
+                raise ArgumentError(f"layer {i} has {groups[i][kind].units} {kind}, the path {entry['units']}: "
+                                    "materialise from the dense model the path was computed on")
+            scores[(i, kind)] = unit_scores(entry)
+    params_before = sum(p.numel() for p in loaded.model.parameters())
+    if path["global_ranking"]:
+        plan = global_plan(groups, scores, sparsity, kinds)
+    else:
+        plan = {(i, k): choose_removed(groups[i][k], scores[(i, k)], removal_count(groups[i][k], sparsity))
+                for i in layers for k in kinds}
+    reports = []
+    for i in layers:
+        entry = {"index": i}
+        for k in kinds:
+            entry[k] = {"before": groups[i][k].units, **remove_units(adapter, groups[i][k], plan[(i, k)])}
+        reports.append(entry)
+    config_mode = sync_config_shapes(adapter)
+    params_after = sum(p.numel() for p in loaded.model.parameters())
+    return {"ratio": sparsity, "importance": "spp", "layers_pruned": layers, "head_grouping": grouping,
+            "global_ranking": path["global_ranking"], "params_before": params_before, "params_after": params_after,
+            "params_removed_fraction": 1 - params_after / params_before, "config": config_mode, "layers": reports}
+
+
+def active_fractions(path: dict, kind: str, key: str = "entry_iteration") -> tuple[list[int], list[float]]:
+    """Fraction of units of ``kind`` (all layers) on the path after each iteration checkpoint."""
+    total = path["settings"]["iterations"]
+    steps = sorted({max(1, round(total * j / 200)) for j in range(201)})
+    entries = torch.tensor([e for layer in path["layers"].values() for e in layer[kind][key]], dtype=torch.long)
+    entered = entries[entries >= 0]
+    counts = torch.searchsorted(torch.sort(entered).values, torch.tensor(steps), right=True)
+    return steps, (counts.double() / max(1, entries.numel())).tolist()
+
+
+def plot_path(path: dict, target: Path) -> Path:
+    """Two panels: fraction of units on the path vs iteration; per-layer fraction at four points of the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=120)
+    for kind in path["kinds"]:
+        steps, fractions = active_fractions(path, kind)
+        left.plot(steps, fractions, label=kind if kind == "channels" else "heads (VO pair)")
+        if kind == "heads":
+            steps, fractions = active_fractions(path, kind, "qk_entry_iteration")
+            left.plot(steps, fractions, label="heads (QK pair)", linestyle="--")
+    left.set_xlabel("iteration")
+    left.set_ylabel("fraction of units entered")
+    left.set_title("SPP solution path")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    total = path["settings"]["iterations"]
+    layers = [int(i) for i in path["layers"]]
+    for share in (0.25, 0.5, 0.75, 1.0):
+        step = round(total * share)
+        fractions = []
+        for i in layers:
+            entries = [e for kind in path["kinds"] for e in path["layers"][str(i)][kind]["entry_iteration"]]
+            fractions.append(sum(0 <= e <= step for e in entries) / len(entries))
+        right.plot(layers, fractions, marker=".", label=f"iteration {step}")
+    right.set_xlabel("layer")
+    right.set_ylabel("fraction of the layer's units entered")
+    right.set_title("per-layer progress along the path")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(target)
+    plt.close(fig)
+    return target

@@ -1,0 +1,171 @@
+"""SPP: the closed-form layer loss, the Bregman path, path.json, materialisation, bad input."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import prunekit
+from prunekit.capture.layerwise import layerwise
+from prunekit.capture.unit_quadratics import UnitQuadraticCapture
+from prunekit.cli import main
+from prunekit.errors import ArgumentError, DataError
+from prunekit.lbi import LBISettings, largest_eigenvalue, linearized_bregman
+from prunekit.methods.llm_pruner import member_scores
+from prunekit.methods.ria import ria_scores
+from prunekit.recipe import CalibrationSettings
+from prunekit.solution_path import read_path
+
+from test_cli import only_error_line
+
+FAST = CalibrationSettings(corpus="c4", nsamples=2, seqlen=16)
+QUICK = {"lbi_iterations": 300}
+IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _scale_hook(scale):
+    return lambda _m, _a, out: out * scale.to(out.dtype)
+
+
+@pytest.mark.parametrize("family,grouping", [("llama", "kv"), ("llama", "query"), ("gpt_neox", "kv"), ("gpt2", "kv"),
+                                             ("gpt_neo", "kv")])
+def test_closed_form_loss_equals_the_masked_layer(tiny_model_dir, family, grouping):
+    """cᵀQc equals ||Y_dense − Y(m)||² of the real layer for binary QK/VO/channel masks (incl. GPT-Neo's local attention)."""
+    lm = prunekit.load(tiny_model_dir(family))
+    ids = torch.randint(0, 1000, (3, 24), generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(2)
+
+    def sub_block_error(ctx, module, hooks) -> float:
+        dense, masked = [], []
+        handle = module.register_forward_hook(lambda _m, _a, out: dense.append(out))
+        ctx.replay()
+        handle.remove()
+        handles = [module.register_forward_hook(lambda _m, _a, out: masked.append(out))] + [h() for h in hooks]
+        ctx.replay()
+        for handle in handles:
+            handle.remove()
+        return sum(float(((a - b).double() ** 2).sum()) for a, b in zip(dense, masked))
+
+    def on_layer(ctx):
+        groups = lm.adapter.unit_groups(ctx.index, grouping)
+        quads = UnitQuadraticCapture(groups).run(ctx.replay, ctx.replay)
+        heads, channels = groups["heads"], groups["channels"]
+        vo, qk = (torch.rand(2, heads.units, generator=generator) > 0.5).double()
+        mc = (torch.rand(channels.units, generator=generator) > 0.5).double()
+        o = next(m for m in heads.members if m.role == "o")
+        cols = torch.ones(o.view.in_features)
+        cols[o.index.reshape(-1)] = vo.float().repeat_interleave(o.index.shape[1])
+        hooks = [lambda: o.view.module.register_forward_pre_hook(lambda _m, a: (a[0] * cols,))]
+        for member in (m for m in heads.members if m.role in ("q", "k")):
+            rows = torch.ones(member.view.out_features)
+            rows[member.index.reshape(-1)] = qk.float().repeat_interleave(member.index.shape[1])
+            hooks.append(lambda member=member, rows=rows: member.view.module.register_forward_hook(_scale_hook(rows)))
+        coefficients = torch.cat([vo * qk - 1, vo * (1 - qk)])
+        expected = float(coefficients @ quads["heads"].q.double() @ coefficients)
+        assert sub_block_error(ctx, o.view.module, hooks) == pytest.approx(expected, rel=1e-3, abs=1e-6)
+        down = channels.members[-1]
+        scale = torch.ones(down.view.in_features)
+        scale[down.index[:, 0]] = mc.float()
+        expected = float((mc - 1) @ quads["channels"].q.double() @ (mc - 1))
+        error = sub_block_error(ctx, down.view.module, [lambda: down.view.module.register_forward_pre_hook(lambda _m, a: (a[0] * scale,))])
+        assert error == pytest.approx(expected, rel=1e-3, abs=1e-6)
+        assert quads["channels"].loss(torch.zeros(channels.units)) == 0.0  # c = 0: the dense layer
+
+    layerwise(lm, on_layer, calib_ids=ids, collect_upfront=False, progress=False)
+
+
+def test_bregman_path_enters_by_importance_and_threshold():
+    """Decoupled units enter in order of their curvature; a lower threshold (higher RIA) enters earlier."""
+    curvature = torch.tensor([1e-3, 4e-2, 5e-3, 1e-1, 2e-4], dtype=torch.float64)
+    q = torch.diag(curvature)
+    settings = LBISettings(iterations=400)
+    run = lambda tau: linearized_bregman(lambda m: 2 * q @ (m - 1), torch.ones(5, dtype=torch.float64), tau, settings,  # noqa: E731
+                                         lipschitz=2 * largest_eigenvalue(q))
+    plain = run(torch.ones(5))
+    assert torch.argsort(plain.entry_time).tolist() == torch.argsort(curvature, descending=True).tolist()
+    assert plain.entered[:4].all() and not plain.entered[4]  # the weakest unit is still outside the support...
+    assert plain.entry_time[4] > settings.iterations * plain.alpha  # ...and ranks after every entered one
+    weighted = run(torch.tensor([0.2, 1, 1, 1, 1], dtype=torch.float64))
+    assert weighted.entry_time[0] < plain.entry_time[0]
+    assert largest_eigenvalue(q) >= float(curvature.max())
+
+
+def test_ria_group_score_sums_ria_over_the_unit(tiny_model_dir):
+    lm = prunekit.load(tiny_model_dir("llama"))
+    group = lm.adapter.unit_groups(0)["channels"]
+    sqnorms = {m.view.input_group: torch.rand(m.view.in_features) + 0.1 for m in group.members}
+    scores = member_scores(group, "ria", None, None, None, sqnorms)
+    down = group.members[-1].view
+    manual = ria_scores(down.weight.float(), sqnorms[down.input_group])[:, 7].sum()
+    assert float(scores[-1, 7]) == pytest.approx(float(manual), rel=1e-5)
+
+
+def test_one_search_materialises_every_sparsity(tiny_model_dir, tmp_path):
+    """path.json lands with the model; cuts are nested, exact in count, and equal to the run's own cut."""
+    model_dir = tiny_model_dir("llama")
+    lm = prunekit.load(model_dir)
+    step = prunekit.prune(lm, "spp", ratio=0.5, calibration=FAST, progress=False, layer_range="0:2", **QUICK)
+    out = tmp_path / "spp50"
+    prunekit.save(lm, out, record=prunekit.build_record(lm, [step]))
+    assert (out / "path.json").is_file() and (out / "path.png").is_file()
+    path = read_path(out)
+    assert path["fingerprint"]["num_layers"] == 2 and set(path["layers"]) == {"0", "1"}
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(_logits(plain), _logits(lm.model), rtol=0, atol=0)
+
+    kept = {}
+    for sparsity in (0.0, 0.25, 0.5, 0.7):
+        cut, record = prunekit.materialize(out, sparsity, model=model_dir)
+        for layer in record["width"]["layers"]:
+            for kind in ("heads", "channels"):
+                entry = layer[kind]
+                assert entry["kept"] == entry["before"] - round(sparsity * entry["before"] + 1e-9)
+                kept[sparsity, layer["index"], kind] = set(range(entry["before"])) - set(entry["removed"])
+        if sparsity == 0.5:
+            torch.testing.assert_close(_logits(cut.model), _logits(lm.model), rtol=0, atol=0)
+    for (sparsity, index, kind), units in kept.items():
+        for lower in (s for s in (0.0, 0.25, 0.5, 0.7) if s < sparsity):
+            assert units <= kept[lower, index, kind], (sparsity, lower, index, kind)
+
+
+def test_cli_materialize_and_bad_input(tiny_model_dir, tmp_path, capsys):
+    model_dir = tiny_model_dir("llama")
+    run = tmp_path / "run"
+    assert main(["prune", "--model", str(model_dir), "--method", "spp", "--ratio", "0.25", "--lbi-iterations", "200",
+                 "--calib", "c4", "--nsamples", "2", "--seqlen", "16", "--out", str(run), "--no-progress"]) == 0
+    assert "parameters" in capsys.readouterr().out
+    out = tmp_path / "cut"
+    assert main(["materialize", "--path", str(run / "path.json"), "--sparsity", "0.5", "--out", str(out)]) == 0
+    record = json.loads((out / "prunekit.json").read_text())
+    assert record["steps"][0]["width"]["importance"] == "spp" and (out / "report" / "report.html").is_file()
+
+    other = prunekit.load(model_dir)  # same family and shapes, other weights
+    with torch.no_grad():
+        other.adapter.linears(0)[0].weight.mul_(1.01)
+    other_dir = tmp_path / "other"
+    prunekit.save(other, other_dir, record={}, report=False)
+    bad = [
+        (["--path", str(run), "--sparsity", "0.5", "--model", str(tiny_model_dir("gpt2"))], "another model"),
+        (["--path", str(run), "--sparsity", "0.5", "--model", str(other_dir)], "another model"),
+        (["--path", str(run), "--sparsity", "0.9"], "outside this path's range"),
+        (["--path", str(run), "--sparsity", "-0.1"], "outside this path's range"),
+        (["--path", str(tmp_path / "missing"), "--sparsity", "0.5"], "no SPP path"),
+    ]
+    for args, message in bad:
+        target = tmp_path / "never"
+        assert main(["materialize", *args, "--out", str(target)]) != 0
+        assert message in only_error_line(capsys)
+        assert not target.exists()
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(DataError, match="not an SPP path"):
+        read_path(tmp_path / "junk.json")
+    for options, message in [({}, "--ratio"), ({"ratio": 0.3, "lbi_nu": 0}, "--lbi-nu"),
+                             ({"ratio": 0.3, "lbi_momentum": 1.0}, "--lbi-momentum"), ({"ratio": 0.3, "units": "rows"}, "--units")]:
+        with pytest.raises(ArgumentError, match=message):
+            prunekit.prune(prunekit.load(model_dir), "spp", progress=False, **options)
