@@ -140,6 +140,8 @@ def test_cli_materialize_and_bad_input(tiny_model_dir, tmp_path, capsys):
     assert main(["prune", "--model", str(model_dir), "--method", "spp", "--ratio", "0.25", "--lbi-iterations", "200",
                  "--calib", "c4", "--nsamples", "2", "--seqlen", "16", "--out", str(run), "--no-progress"]) == 0
     assert "parameters" in capsys.readouterr().out
+    assert "Solution path saved as `path.json`" in (run / "report" / "report.md").read_text()
+    assert (run / "report" / "path_step1.png").is_file()
     out = tmp_path / "cut"
     assert main(["materialize", "--path", str(run / "path.json"), "--sparsity", "0.5", "--out", str(out)]) == 0
     record = json.loads((out / "prunekit.json").read_text())

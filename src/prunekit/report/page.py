@@ -104,7 +104,9 @@ def build_sections(record: dict, run_dir: Path, figures: Path, *, evaluation: di
     ])
     sections = [overview, _recipe(record), _provenance(record)]
     sections += _sparsity_and_errors(record, figures)
-    sections += _method_specific(record, figures)
+    # a step's own files (SPP's path.json) sit beside the page: in the run directory, or in the
+    # directory being saved when the page is rendered during `save`
+    sections += _method_specific(record, figures, [figures.parent, run_dir])
     sections += _analyses(list(analyses), figures)
     sections += _quality(record, evaluation, baseline)
     if cost:
@@ -162,7 +164,7 @@ def _sparsity_and_errors(record: dict, figures: Path) -> list[Section]:
     return sections
 
 
-def _method_specific(record: dict, figures: Path) -> list[Section]:
+def _method_specific(record: dict, figures: Path, homes: list[Path]) -> list[Section]:
     sections = []
     for number, step in enumerate(record.get("steps", []), 1):
         if "depth" in step:
@@ -182,6 +184,16 @@ def _method_specific(record: dict, figures: Path) -> list[Section]:
                 ["importance", width.get("importance")], ["ratio", width.get("ratio")],
                 ["parameters before", width.get("params_before")], ["parameters after", width.get("params_after")],
                 ["removed fraction", width.get("params_removed_fraction")]]))
+            path_file = next((home / width["path_file"] for home in homes if width.get("path_file")
+                              and (home / width["path_file"]).is_file()), None)
+            if path_file is not None:
+                from ..solution_path import plot_path, read_path
+
+                file = f"path_step{number}.png"
+                plot_path(read_path(path_file), figures / file)
+                sections[-1].text(f"Solution path saved as `{width['path_file']}`: `prunekit materialize --path RUN_DIR "
+                                  "--sparsity S --out OUT` cuts any other level without a new search.")
+                sections[-1].figure(file, "SPP path: units entered vs iteration, and per layer")
         if "lowrank" in step:
             lowrank = step["lowrank"]
             sections.append(Section(f"Low rank (step {number})").items([
