@@ -45,3 +45,14 @@ def checkpoint_mb(lm) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         lm.model.save_pretrained(tmp)
         return sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors")) / 2**20
+
+
+def copy_model(lm):
+    """An independent in-memory copy of a loaded model (prune the copy, keep the dense one)."""
+    import copy
+
+    from prunekit.models.adapters import adapter_for
+    from prunekit.models.loading import LoadedModel
+
+    model = copy.deepcopy(lm.model)
+    return LoadedModel(model, lm.tokenizer, adapter_for(model), dict(lm.source))

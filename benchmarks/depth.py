@@ -20,7 +20,7 @@ from prunekit.eval.perplexity import perplexity
 from prunekit.methods.shortgpt import ShortGPT
 from prunekit.recipe import CalibrationSettings
 
-from common import RESULTS, SHARED_MODELS, checkpoint_mb, load_results, markdown_table, store_results, timings
+from common import copy_model, RESULTS, SHARED_MODELS, checkpoint_mb, load_results, markdown_table, store_results, timings
 
 METRICS = ("bi", "angular", "ppl", "reverse", "random")
 
@@ -55,7 +55,7 @@ def removal_sets(base, entry: dict, calib: dict, args, depth: int) -> dict:
     stats = layer_io_statistics(base, windows.ids, batch_size=max(1, 4096 // args.calib_seqlen), progress=True)
     bi_order = torch.sort(stats["bi"], stable=True).indices.tolist()
     if "greedy_ppl_order" not in entry:
-        record = prunekit.prune(_copy(base), "shortgpt", remove_layers=max(counts_for(depth)), metric="ppl",
+        record = prunekit.prune(copy_model(base), "shortgpt", remove_layers=max(counts_for(depth)), metric="ppl",
                                 calibration=CalibrationSettings(corpus="pg19", nsamples=args.ppl_nsamples,
                                                                 seqlen=args.ppl_seqlen), progress=True)
         entry["greedy_ppl_order"] = record["depth"]["removal_order"]
@@ -72,15 +72,6 @@ def removal_sets(base, entry: dict, calib: dict, args, depth: int) -> dict:
     return {"bi": lambda n: bi_order[:n], "angular": angular, "ppl": lambda n: greedy_order[:n],
             "reverse": planned("reverse"), "random": planned("random")}
 
-
-def _copy(lm):
-    import copy
-
-    from prunekit.models.adapters import adapter_for
-    from prunekit.models.loading import LoadedModel
-
-    model = copy.deepcopy(lm.model)
-    return LoadedModel(model, lm.tokenizer, adapter_for(model), dict(lm.source))
 
 
 def main() -> None:

@@ -21,19 +21,17 @@ Writes benchmarks/results/spp.json, spp.md, spp_levels.png and spp_path.png.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 
 import prunekit
 from prunekit.data import evaluation_windows, resolve_data_root
 from prunekit.eval.perplexity import perplexity
-from prunekit.models.adapters import adapter_for
 from prunekit.models.loading import LoadedModel
 from prunekit.report import line_plot
 from prunekit.solution_path import materialize, plot_path
 
-from common import RESULTS, SHARED_MODELS, load_results, markdown_table, store_results
+from common import copy_model, RESULTS, SHARED_MODELS, load_results, markdown_table, store_results
 
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5)
 BASELINES = ("element1", "ria")
@@ -41,14 +39,10 @@ SENSITIVITY = {"kappa=0.5": {"lbi_kappa": 0.5}, "kappa=2": {"lbi_kappa": 2.0}, "
                "nu=300": {"lbi_nu": 300.0}, "ria_power=0": {"ria_power": 0.0}}
 
 
-def _copy(lm: LoadedModel) -> LoadedModel:
-    model = copy.deepcopy(lm.model)
-    return LoadedModel(model, lm.tokenizer, adapter_for(model), dict(lm.source))
-
 
 def _search(dense: LoadedModel, calibration, iterations: int, **options) -> tuple[dict, float]:
     """One SPP search (its cut at 30% is discarded); the path and the search's wall seconds."""
-    lm = _copy(dense)
+    lm = copy_model(dense)
     started = time.perf_counter()
     step = prunekit.prune(lm, "spp", ratio=0.3, calibration=calibration, progress=False, lbi_iterations=iterations,
                           **options)
@@ -57,7 +51,7 @@ def _search(dense: LoadedModel, calibration, iterations: int, **options) -> tupl
 
 
 def _kept(path: dict, dense: LoadedModel, sparsity: float) -> set:
-    lm = _copy(dense)
+    lm = copy_model(dense)
     report = materialize(lm, path, sparsity)
     return {(layer["index"], kind, u) for layer in report["layers"] for kind in path["kinds"]
             for u in set(range(layer[kind]["before"])) - set(layer[kind]["removed"])}
@@ -105,7 +99,7 @@ def main() -> None:
             for level in LEVELS:
                 row = levels.setdefault(f"{level}", {})
                 if "spp" not in row:
-                    lm = _copy(dense)
+                    lm = copy_model(dense)
                     started = time.perf_counter()
                     report = materialize(lm, path, level)
                     row["spp"] = {"ppl": ppl(lm), "seconds": time.perf_counter() - started,
@@ -114,7 +108,7 @@ def main() -> None:
                 for importance in BASELINES:
                     if importance in row:
                         continue
-                    lm = _copy(dense)
+                    lm = copy_model(dense)
                     started = time.perf_counter()
                     # element1 runs with LLM-Pruner's own calibration (10 × 64 PG19 tokens): its backward pass
                     # over the SPP calibration would hold 16k × 49k logits; RIA scores on SPP's data
@@ -146,7 +140,7 @@ def main() -> None:
                 if label in sens:
                     continue
                 other_path, seconds = _search(dense, calibration(), args.iterations, **options)
-                lm = _copy(dense)
+                lm = copy_model(dense)
                 materialize(lm, other_path, 0.3)
                 sens[label] = {"ppl": ppl(lm), "search_seconds": seconds,
                                "overlap_with_default": len(_kept(other_path, dense, 0.3) & _kept(path, dense, 0.3))

@@ -17,27 +17,21 @@ Writes benchmarks/results/structured.json, structured.md, structured_sweep.png, 
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import prunekit
 from prunekit.data import evaluation_windows, resolve_data_root
 from prunekit.eval.perplexity import perplexity
-from prunekit.models.adapters import adapter_for
 from prunekit.models.loading import LoadedModel
 from prunekit.recovery import LoraSettings
 from prunekit.report import line_plot
 
-from common import RESULTS, SHARED_MODELS, checkpoint_mb, load_results, markdown_table, store_results, timings
+from common import copy_model, RESULTS, SHARED_MODELS, checkpoint_mb, load_results, markdown_table, store_results, timings
 
 IMPORTANCES = ("element1", "element2", "vector", "l2", "random")
 RATIOS = (0.1, 0.2, 0.3)
 DATASETS = ("wikitext2", "ptb")
 
-
-def _copy(lm: LoadedModel) -> LoadedModel:
-    model = copy.deepcopy(lm.model)
-    return LoadedModel(model, lm.tokenizer, adapter_for(model), dict(lm.source))
 
 
 def _ppl(lm: LoadedModel, windows: dict) -> dict:
@@ -73,7 +67,7 @@ def main() -> None:
                     key = f"{importance}@{ratio}"
                     if key in sweep:
                         continue
-                    lm = _copy(dense)
+                    lm = copy_model(dense)
                     step = prunekit.prune(lm, "llm-pruner", param_ratio=ratio, importance=importance, progress=False)
                     sweep[key] = {"importance": importance, "param_ratio": ratio, "ppl": _ppl(lm, windows),
                                   "removed": step["width"]["params_removed_fraction"], "ratio": step["width"]["ratio"],
@@ -81,7 +75,7 @@ def main() -> None:
                     store_results(path, results)
                     print(name, key, sweep[key]["ppl"], flush=True)
         if "recovery" in parts and "recovery" not in entry:
-            lm = _copy(dense)
+            lm = copy_model(dense)
             prunekit.prune(lm, "llm-pruner", param_ratio=0.2, importance="element1", progress=False)
             before = _ppl(lm, windows)
             settings = LoraSettings(steps=args.lora_steps, batch_size=args.lora_batch, seqlen=args.lora_seqlen,
@@ -92,7 +86,7 @@ def main() -> None:
                                  "tokens": step["recovery"]["tokens"]}
             store_results(path, results)
         if "speed" in parts and "speed" not in entry:
-            lm = _copy(dense)
+            lm = copy_model(dense)
             prunekit.prune(lm, "llm-pruner", param_ratio=0.2, importance="element1", progress=False)
             entry["speed"] = {}
             for label, model in (("dense", dense), ("element1 20%", lm)):

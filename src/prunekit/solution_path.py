@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .data.tasks import read_json_file
 from .errors import ArgumentError, DataError
 from .io.shapes import sync_config_shapes
 from .methods.llm_pruner import choose_removed, global_plan, removal_count
@@ -73,11 +74,8 @@ def read_path(location: str | os.PathLike) -> dict:
     file = location / FILE if location.is_dir() else location
     if not file.is_file():
         raise DataError(f"no SPP path at {location} (expected {FILE}, written by `prunekit prune --method spp`)")
-    try:
-        path = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{file} is not valid JSON ({exc})") from None
-    if not isinstance(path, dict) or path.get("format") != FORMAT:
+    path = read_json_file(file, "SPP path")
+    if path.get("format") != FORMAT:
         raise DataError(f"{file} is not an SPP path file (format {FORMAT})")
     return path
 
