@@ -75,3 +75,24 @@ def test_report_bad_input(pruned_run, tmp_path, capsys):
     assert "not valid JSON" in only_error_line(capsys) and not (tmp_path / "p").exists()
     assert main(["bench", "--model", str(pruned_run), "--repeats", "0"]) != 0
     assert "--repeats" in only_error_line(capsys)
+
+
+def test_sparse_kernel_candidates_and_cpu_refusal(tiny_model_dir, capsys):
+    """Only 2:4-valid fp16/bf16 nn.Linear weights go to the semi-structured kernels; on CPU the flag is refused."""
+    import prunekit
+    from prunekit.eval.sparse_kernels import candidates, convert
+
+    lm = prunekit.load(tiny_model_dir("llama"))
+    prunekit.prune(lm, "magnitude", pattern="2:4", layers="0", progress=False)
+    eligible, skipped = candidates(lm)
+    assert not eligible and all("dtype float32" in reason for reason in skipped.values())
+    lm.model.half()
+    eligible, skipped = candidates(lm)
+    assert {v.name for v in eligible} == {v.name for v in lm.adapter.linears(0)}
+    assert all(reason == "weight is not 2:4 along its inputs" for reason in skipped.values()) and len(skipped) == 7
+    gpt2 = prunekit.load(tiny_model_dir("gpt2"))
+    assert all("Conv1D" in reason for reason in candidates(gpt2)[1].values())
+    with pytest.raises(prunekit.PrunekitError, match="CUDA"):
+        convert(lm)
+    assert main(["bench", "--model", str(tiny_model_dir("llama")), "--sparse-kernels", "--device", "cpu"]) != 0
+    assert "needs a CUDA GPU" in only_error_line(capsys)

@@ -393,7 +393,12 @@ def measure_cost(model: str | os.PathLike, *, baseline: str | os.PathLike | None
     and notes on what the numbers do and do not show."""
     from .eval.cost import CostSettings, compare, measure_cost as measure
 
+    from .models.loading import resolve_device
+
     settings = (settings or CostSettings()).validate()
+    if settings.sparse_kernels and not resolve_device(device).startswith("cuda"):
+        raise ArgumentError("--sparse-kernels needs a CUDA GPU (PyTorch's semi-structured 2:4 kernels); "
+                            "none is available to this run")
     options = {"gguf_file": gguf_file, "dtype": dtype, "device": device}
     report: dict = {"settings": dataclasses.asdict(settings), "model": measure(str(model), options, settings)}
     if baseline is not None:

@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=int, default=4, help="prompts per forward (default 4)")
     bench.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated (default 32)")
     bench.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up; medians (default 5)")
+    bench.add_argument("--sparse-kernels", action="store_true", help="CUDA only: also time the model with its 2:4 "
+                       "weights on PyTorch's semi-structured sparse kernels (fp16/bf16)")
     bench.add_argument("--json", help="write the report to this JSON file")
 
     run = sub.add_parser("run", help="run a YAML recipe: steps (methods, LoRA, eval) in order, resumable")
@@ -590,7 +592,7 @@ def cmd_tasks(_args) -> int:
 def cmd_bench(args) -> int:
     from .eval.cost import CostSettings
 
-    settings = CostSettings(args.prompt_len, args.batch, args.new_tokens, args.repeats).validate()
+    settings = CostSettings(args.prompt_len, args.batch, args.new_tokens, args.repeats, args.sparse_kernels).validate()
     report = api.measure_cost(args.model, baseline=args.baseline, settings=settings, gguf_file=args.gguf_file,
                               dtype=args.dtype, device=args.device)
     _print_cost(report)
@@ -650,6 +652,11 @@ def _print_cost(report: dict) -> None:
             cells += [fmt.format(baseline[key]) if baseline.get(key) is not None else "–",
                       f"x{ratios[key]:.3f}" if key in ratios else "–"]
         print(f"{label:<24}" + "".join(f"{c:>16}" for c in cells))
+    kernels = model.get("sparse_kernels")
+    if kernels is not None:
+        print(f"2:4 semi-structured kernels: {kernels['converted']} linears converted, {len(kernels['skipped'])} left dense"
+              + (f"; prefill {kernels['prefill_ms']:.1f} ms (x{kernels['prefill_speedup']:.2f} vs dense storage), "
+                 f"decode {kernels['decode_tok_s']:.1f} tokens/s" if kernels["converted"] else ""))
     for note in report.get("notes", []):
         print(f"note: {note}")
 

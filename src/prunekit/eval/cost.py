@@ -30,10 +30,11 @@ class CostSettings:
     batch: int = 4
     new_tokens: int = 32
     repeats: int = 5
+    sparse_kernels: bool = False  # CUDA: also time the model with 2:4 weights on semi-structured kernels
 
     def validate(self) -> "CostSettings":
         for name, value in asdict(self).items():
-            if value < 1:
+            if not isinstance(value, bool) and value < 1:
                 raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
         return self
 
@@ -131,6 +132,14 @@ def measure(model: str, load_options: dict, settings: CostSettings, quiet: bool 
     reset = _reset_hwm()
     speed = timings(loaded.model, settings)
     during_generation = _hwm_mb() if reset else None
+    if settings.sparse_kernels:
+        from .sparse_kernels import convert
+
+        kernels = convert(loaded)
+        fast = timings(loaded.model, settings) if kernels["converted"] else {}
+        speed["sparse_kernels"] = {**kernels, **fast}
+        if fast:
+            speed["sparse_kernels"]["prefill_speedup"] = speed["prefill_ms"] / fast["prefill_ms"]
     return {"model": model, "layers": loaded.adapter.num_layers(), "dtype": str(next(loaded.model.parameters()).dtype),
             "device": str(next(loaded.model.parameters()).device), **param_counts(loaded.model),
             "disk_mb": disk_mb(Path(model)), "rss_before_load_mb": before, "peak_rss_load_mb": at_load,
