@@ -183,3 +183,24 @@ def test_reallocation_order_is_a_permutation():
     order = reallocation_order(scores, 4)
     assert torch.equal(order.sort().values, torch.arange(32))
     assert kept_score(scores[:, order], 2, 4) >= 0.9 * kept_score(scores, 2, 4)
+
+
+def test_dense_input_layers_run_in_parallel_with_identical_weights(tiny_model_dir):
+    """Wanda on dense inputs: one worker and two spawned workers give the same weights; layer 1's
+    masks differ from the sequential run (its inputs do); magnitude is data-free either way."""
+    def weights(method, **options):
+        lm = prunekit.load(tiny_model_dir("llama"))
+        record = prunekit.prune(lm, method, sparsity=0.5, calibration=FAST, progress=False, **options)
+        assert record["sparsity"]["overall"] == pytest.approx(0.5, abs=1e-3)
+        return {v.name: v.weight.clone() for i in range(2) for v in lm.adapter.linears(i)}
+
+    serial = weights("wanda", inputs="dense")
+    parallel = weights("wanda", inputs="dense", workers=2)
+    assert all(torch.equal(serial[name], parallel[name]) for name in serial)
+    sequential = weights("wanda")
+    assert all(torch.equal(serial[n], sequential[n]) for n in serial if ".layers.0." in n)
+    assert any(not torch.equal(serial[n], sequential[n]) for n in serial if ".layers.1." in n)
+    magnitude = weights("magnitude")
+    assert all(torch.equal(magnitude[n], w) for n, w in weights("magnitude", inputs="dense", workers=2).items())
+    with pytest.raises(ArgumentError, match="--inputs dense"):
+        prunekit.prune(prunekit.load(tiny_model_dir("llama")), "wanda", sparsity=0.5, workers=2, progress=False)

@@ -19,6 +19,7 @@ import torch
 
 from .capture import layerwise
 from .capture.paired import paired_layerwise
+from .capture.parallel_layers import parallel_layerwise
 from .data import calibration_windows, evaluation_windows, resolve_data_root
 from .errors import ArgumentError
 from .eval.perplexity import perplexity
@@ -127,7 +128,13 @@ def prune(
         return {"step": {"method": method_cls.name, "options": vars(parsed_options)}, "calibration": calib_record,
                 "width": width, "sparsity": {}, "layers": [], "timings": timings, "peak_rss_mb": peak_rss_mb()}
 
-    if getattr(pruner, "engine", "layerwise") == "paired":
+    if getattr(parsed_options, "inputs", "sequential") == "dense":
+        if residency is not None:
+            raise ArgumentError("--stream walks the layers in order on the pruned model's inputs: drop --inputs dense")
+        results = parallel_layerwise(loaded, pruner, calib_ids=calib_ids, views_for=views_for, layers=layer_ids,
+                                     batch_size=batch_size, workers=parsed_options.workers,
+                                     executor=parsed_options.executor, progress=progress)
+    elif getattr(pruner, "engine", "layerwise") == "paired":
         results = paired_layerwise(loaded, pruner.prune_paired, calib_ids=calib_ids, correction=parsed_options.correction,
                                    layers=layer_ids, views_for=views_for, batch_size=batch_size, progress=progress,
                                    workers=parsed_options.workers, executor=parsed_options.executor)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -29,6 +29,32 @@ _REGISTRY: dict[str, type["Method"]] = {}
 @dataclass
 class NoOptions:
     """Methods without options of their own."""
+
+
+@dataclass
+class LayerParallelOptions:
+    """Options of methods that can decide each layer from the *dense* model's inputs, so layers run
+    independently (``prunekit.capture.parallel_layers``). Mixed into a method's own options."""
+
+    inputs: str = field(default="sequential", metadata={
+        "choices": ("sequential", "dense"),
+        "help": "wanda/magnitude: statistics from the pruned model's activations (sequential, the papers' "
+                "convention) or from the dense model's (dense: layers independent, can run in parallel)"})
+    workers: int = field(default=1, metadata={
+        "help": "layer-parallel methods (fista, and wanda/magnitude with --inputs dense): decoder layers pruned "
+                "in this many workers, with results identical to one worker"})
+    executor: str = field(default="process", metadata={
+        "choices": ("process", "ray"),
+        "help": "where --workers run: local spawned processes, or Ray tasks (a local runtime, or the cluster "
+                "at RAY_ADDRESS)"})
+
+
+def validate_parallel(options: LayerParallelOptions) -> None:
+    if options.workers < 1:
+        raise ArgumentError(f"--workers must be at least 1 (got {options.workers})")
+    if options.workers > 1 and options.inputs != "dense":
+        raise ArgumentError("--workers > 1 needs --inputs dense: with sequential inputs each layer waits for the "
+                            "pruned layer before it")
 
 
 @dataclass

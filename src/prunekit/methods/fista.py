@@ -44,10 +44,11 @@ class FistaOptions:
     sparsity_tolerance: float = field(default=0.005, metadata={
         "help": "fista: bisection stops when the zero fraction is this close to the target"})
     workers: int = field(default=1, metadata={
-        "help": "fista: prune decoder layers in this many processes (intra/none: layers are independent)"})
+        "help": "layer-parallel methods (fista with --correction intra/none, wanda/magnitude with --inputs dense): "
+                "decoder layers pruned in this many workers, with results identical to one worker"})
     executor: str = field(default="process", metadata={
         "choices": ("process", "ray"),
-        "help": "fista: where --workers run: local spawned processes, or Ray tasks (local, or the cluster at "
+        "help": "where --workers run: local spawned processes, or Ray tasks (a local runtime, or the cluster at "
                 "RAY_ADDRESS)"})
     refit_iterations: int = field(default=50, metadata={
         "help": "fista: conjugate-gradient steps of the least-squares re-fit on the kept support (0: no re-fit)"})

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..sparsity import select_mask
-from .base import Method, ViewResult, register
+from .base import LayerParallelOptions, Method, ViewResult, register, validate_parallel
 
 
 @dataclass
-class MagnitudeOptions:
+class MagnitudeOptions(LayerParallelOptions):
     group: str = field(
         default="matrix",
         metadata={"choices": ("matrix", "row"),
@@ -23,6 +23,10 @@ class Magnitude(Method):
     name = "magnitude"
     summary = "smallest |W| per matrix (or per row); N:M keeps the N largest of every M inputs"
     Options = MagnitudeOptions
+
+    @classmethod
+    def validate_options(cls, options):
+        validate_parallel(options)
 
     def prune_view(self, view, ctx):
         return ViewResult(select_mask(view.weight.abs().float(), self.target, per_row=self.options.group == "row"))

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ..sparsity import select_mask
-from .base import Method, ViewResult, register
+from .base import LayerParallelOptions, Method, ViewResult, register, validate_parallel
 
 
 @dataclass
-class WandaOptions:
+class WandaOptions(LayerParallelOptions):
     variant: bool = field(
         default=False,
         metadata={"help": "Wanda's per-row cumulative-score variant: prune the entries whose sorted cumulative "
@@ -59,6 +59,10 @@ class Wanda(Method):
     summary = "|W|·||X||₂ per output row (Sun et al. 2023); N:M per row; no weight update"
     needs = frozenset({"sqnorm", "gram"})  # gram only for the reconstruction-error report
     Options = WandaOptions
+
+    @classmethod
+    def validate_options(cls, options):
+        validate_parallel(options)
 
     def prune_view(self, view, ctx):
         scores = wanda_scores(view.weight, ctx.stats_for(view).sqnorm)

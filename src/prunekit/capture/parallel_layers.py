@@ -1,0 +1,109 @@
+"""Layer-parallel pruning for methods whose layers are independent given *dense* inputs.
+
+Wanda and magnitude (and any method that decides a layer from its weights and the statistics of
+its inputs) need not see the pruned model's activations: fed the dense model's, every layer is a
+pure function of (layer weights, input statistics, method). This walk runs each decoder layer of
+the dense model once — the same pass collects the layer's statistics and produces the next
+layer's inputs — and hands (layer copy, statistics) to a pool of workers (spawned processes or
+Ray tasks, see :mod:`prunekit.parallel`). With one worker the job runs in this process: the same
+code, so a serial run and a parallel one give identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models.adapters.base import LinearView
+from ..models.loading import LoadedModel
+from ..parallel import make_pool
+from .layerwise import LayerContext, _first_layer_inputs, _run_layer
+from .statistics import InputStatistics, collect_statistics
+
+
+def _view_specs(views: list[LinearView]) -> list[tuple]:
+    return [(v.name, v.local_name, v.roles, v.input_group, v.transposed) for v in views]
+
+
+def prune_layer_job(method: Any, index: int, layer: torch.nn.Module, specs: list[tuple],
+                    stats: dict[str, InputStatistics]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Worker side: prune the received layer copy with ``method``; the new weights and the reports."""
+    views = [LinearView(name=name, local_name=local, roles=roles, module=layer.get_submodule(local), input_group=group,
+                        transposed=transposed) for name, local, roles, group, transposed in specs]
+    reports = method.prune_layer(LayerContext(index, layer, views, stats))
+    return {view.name: view.weight.detach().clone() for view in views}, reports
+
+
+def parallel_layerwise(
+    loaded: LoadedModel,
+    method: Any,
+    *,
+    calib_ids: torch.Tensor | None,
+    views_for: Callable[[int], list[LinearView]],
+    layers: list[int],
+    batch_size: int = 8,
+    workers: int = 1,
+    executor: str = "process",
+    progress: bool = True,
+) -> list[tuple[int, dict[str, dict], float]]:
+    """Prune the selected layers from dense-model statistics; ``(index, reports, seconds)`` per layer.
+
+    At most ``workers`` layers (each a copy plus its statistics) are in flight at once.
+    """
+    adapter = loaded.adapter
+    selected = sorted(set(layers))
+    last = selected[-1] if selected else -1
+    results: list[tuple[int, dict[str, dict], float]] = []
+    bar = tqdm(total=len(selected), desc="layers", unit="layer", disable=not progress)
+    pool = make_pool(workers, executor) if workers > 1 else None
+    pending: dict = {}
+
+    def finish(index: int, started: float, weights: dict, reports: dict) -> None:
+        views = {v.name: v for v in views_for(index)}
+        for name, weight in weights.items():
+            views[name].set_weight(weight)
+        results.append((index, reports, time.perf_counter() - started))
+        bar.update(1)
+
+    def collect(block: bool) -> None:
+        while pending and (block or len(pending) >= workers):
+            future = next(iter(pending))
+            index, started = pending.pop(future)
+            finish(index, started, *future.result())
+
+    def dispatch(index: int, layer: torch.nn.Module, views: list[LinearView], stats: dict, started: float) -> None:
+        if pool is None:
+            finish(index, started, *prune_layer_job(method, index, copy.deepcopy(layer), _view_specs(views), stats))
+            return
+        collect(block=False)
+        future = pool.submit(prune_layer_job, method, index, copy.deepcopy(layer), _view_specs(views), stats)
+        pending[future] = (index, started)
+
+    inputs = _first_layer_inputs(loaded, calib_ids, batch_size, progress) if calib_ids is not None else None
+    outputs = torch.empty_like(inputs.hidden) if inputs is not None else None
+    try:
+        for index in range(last + 1 if inputs is not None else 0):
+            layer = adapter.decoder_layers()[index]
+            started = time.perf_counter()
+            views = views_for(index) if index in selected else []
+            with collect_statistics(views, method.needs, method.stats_dtype) as stats:
+                _run_layer(layer, inputs, outputs if index < last else None, batch_size)
+            for entry in stats.values():
+                entry.check_finite(f"layer {index}")
+            if index < last:
+                inputs.hidden, outputs = outputs, inputs.hidden
+            if index in selected:
+                dispatch(index, layer, views, stats, started)
+        if inputs is None:  # data-free: nothing to propagate
+            for index in selected:
+                dispatch(index, adapter.decoder_layers()[index], views_for(index), {}, time.perf_counter())
+        collect(block=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return sorted(results, key=lambda r: r[0])
