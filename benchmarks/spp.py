@@ -7,6 +7,8 @@ Parts (finished entries are kept in the JSON and skipped on the next run):
   with the same ``--ratio``, layer range and head grouping. WikiText-2 perplexity of each model and
   the wall time of each approach (SPP's search counted once, plus each materialisation).
 - ``stability``: a second SPP search with calibration seed 1; overlap of the kept units at 30%.
+- ``mix``: at 30%, SPP's heads with RIA's channels and RIA's heads with SPP's channels (which part
+  of the cut differs in quality), and the kept-set agreement of SPP and RIA per kind.
 - ``sensitivity``: perplexity at 30% for κ ∈ {0.5, 1, 2} (ν=100) and ν ∈ {30, 100, 300} (κ=1), and
   the plain iteration (``--ria-power 0``) as an ablation of the RIA coupling.
 
@@ -21,6 +23,7 @@ Writes benchmarks/results/spp.json, spp.md, spp_levels.png and spp_path.png.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -57,9 +60,45 @@ def _kept(path: dict, dense: LoadedModel, sparsity: float) -> set:
             for u in set(range(layer[kind]["before"])) - set(layer[kind]["removed"])}
 
 
+def mixed_cuts(dense: LoadedModel, path: dict, calibration, ppl) -> dict:
+    """Cut at 30% with one kind ranked by SPP and the other by the RIA group score."""
+    import torch
+
+    from prunekit.data.windows import calibration_windows
+    from prunekit.methods.llm_pruner import input_sqnorms, member_scores
+    from prunekit.solution_path import unit_scores
+
+    layers = [int(i) for i in path["layers"]]
+    ids = calibration_windows(dense.tokenizer, calibration.corpus, nsamples=calibration.nsamples,
+                              seqlen=calibration.seqlen, seed=calibration.seed, data_root=resolve_data_root()).ids
+    norms = input_sqnorms(dense, ids, layers, False)
+    ria = {(i, k): member_scores(dense.adapter.unit_groups(i, path["head_grouping"])[k], "ria", None, None, None,
+                                 norms[i]).sum(0) for i in layers for k in path["kinds"]}
+    agreement = {}
+    for kind in path["kinds"]:
+        same = total = 0
+        for i in layers:
+            ours, theirs = unit_scores(path["layers"][str(i)][kind]), ria[(i, kind)]
+            keep = len(ours) - round(0.3 * len(ours) + 1e-9)
+            same += len(set(torch.argsort(ours, descending=True)[:keep].tolist())
+                        & set(torch.argsort(theirs, descending=True)[:keep].tolist()))
+            total += keep
+        agreement[kind] = same / total
+    out = {"kept_agreement_at_0.3": agreement}
+    for label, replaced in (("spp heads + ria channels", "channels"), ("ria heads + spp channels", "heads")):
+        mixed = copy.deepcopy(path)
+        for i in layers:  # higher RIA score = earlier entry
+            mixed["layers"][str(i)][replaced]["entry_time"] = (-ria[(i, replaced)]).tolist()
+        lm = copy_model(dense)
+        materialize(lm, mixed, 0.3)
+        out[label] = ppl(lm)
+        print(label, round(out[label], 2), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--parts", default="compare,stability,sensitivity")
+    parser.add_argument("--parts", default="compare,stability,mix,sensitivity")
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--eval-seqlen", type=int, default=2048)
     parser.add_argument("--nsamples", type=int, default=32)
@@ -95,6 +134,8 @@ def main() -> None:
                 entry["search_seconds"] = seconds
                 store_results(results_file, results)
             path = json.loads(path_file.read_text())
+            if "levels" not in entry:
+                entry["timing"] = "prune only"  # older results timed each level with its perplexity run
             levels = entry.setdefault("levels", {})
             for level in LEVELS:
                 row = levels.setdefault(f"{level}", {})
@@ -102,8 +143,8 @@ def main() -> None:
                     lm = copy_model(dense)
                     started = time.perf_counter()
                     report = materialize(lm, path, level)
-                    row["spp"] = {"ppl": ppl(lm), "seconds": time.perf_counter() - started,
-                                  "params_removed": report["params_removed_fraction"]}
+                    seconds = time.perf_counter() - started
+                    row["spp"] = {"ppl": ppl(lm), "seconds": seconds, "params_removed": report["params_removed_fraction"]}
                     store_results(results_file, results)
                 for importance in BASELINES:
                     if importance in row:
@@ -114,7 +155,8 @@ def main() -> None:
                     # over the SPP calibration would hold 16k × 49k logits; RIA scores on SPP's data
                     step = prunekit.prune(lm, "llm-pruner", ratio=level, importance=importance,
                                           calibration=calibration() if importance == "ria" else None, progress=False)
-                    row[importance] = {"ppl": ppl(lm), "seconds": time.perf_counter() - started,
+                    seconds = time.perf_counter() - started
+                    row[importance] = {"ppl": ppl(lm), "seconds": seconds,
                                        "params_removed": step["width"]["params_removed_fraction"]}
                     store_results(results_file, results)
                 print(name, level, {k: round(v["ppl"], 2) for k, v in row.items()}, flush=True)
@@ -130,6 +172,10 @@ def main() -> None:
                 by_kind[kind] = len(a & b) / len(a)
             entry["stability"] = {"overlap_at_0.3": len(kept[0] & kept[1]) / len(kept[0]), "by_kind": by_kind,
                                   "search_seconds": seconds}
+            store_results(results_file, results)
+
+        if "mix" in parts and "mix" not in entry and path is not None:
+            entry["mix"] = mixed_cuts(dense, path, calibration(), ppl)
             store_results(results_file, results)
 
         if "sensitivity" in parts:
@@ -171,7 +217,10 @@ def write_outputs(results: dict) -> None:
             per = {k: sum(levels[f"{lv}"][k]["seconds"] for lv in LEVELS if k in levels.get(f"{lv}", {})) for k in BASELINES}
             lines.append(f"Wall time for all {len(levels)} levels: SPP {spp_total:.0f} s (search {entry['search_seconds']:.0f} s "
                          f"once + materialisations), LLM-Pruner element1 {per['element1']:.0f} s, RIA group score "
-                         f"{per['ria']:.0f} s (each run from scratch per level; model load and perplexity excluded).\n")
+                         f"{per['ria']:.0f} s (each run from scratch per level; model load excluded; "
+                         + ("perplexity excluded" if entry.get("timing") == "prune only" else
+                            "each approach's time includes one perplexity evaluation per level, the same work for all three")
+                         + ").\n")
         lines.append(f"Perplexity on the first {s['eval_windows']} windows × {s['eval_seqlen']} tokens of WikiText-2 "
                      f"test; calibration {s['nsamples']} × {s['calib_seqlen']} C4 tokens for SPP and RIA, LLM-Pruner's "
                      "own 10 × 64 PG19 tokens for element1; layers "
@@ -182,6 +231,11 @@ def write_outputs(results: dict) -> None:
             st = entry["stability"]
             lines.append(f"**Path stability** (calibration seed 0 vs 1): {st['overlap_at_0.3']:.3f} of the units kept at "
                          f"30% are kept by both ({', '.join(f'{k} {v:.3f}' for k, v in st['by_kind'].items())}).\n")
+        if "mix" in entry:
+            mix = entry["mix"]
+            lines.append(f"**Which part differs** at 30%: SPP heads + RIA channels {mix['spp heads + ria channels']:.2f}, "
+                         f"RIA heads + SPP channels {mix['ria heads + spp channels']:.2f}; kept-set agreement of SPP "
+                         "and RIA: " + ", ".join(f"{k} {v:.3f}" for k, v in mix["kept_agreement_at_0.3"].items()) + ".\n")
         if entry.get("sensitivity"):
             sens = entry["sensitivity"]
             rows = [[label, f"{v['ppl']:.2f}", f"{v['overlap_with_default']:.3f}" if v.get("overlap_with_default") is not None else "1"]
