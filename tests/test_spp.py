@@ -171,3 +171,24 @@ def test_cli_materialize_and_bad_input(tiny_model_dir, tmp_path, capsys):
                              ({"ratio": 0.3, "lbi_momentum": 1.0}, "--lbi-momentum"), ({"ratio": 0.3, "units": "rows"}, "--units")]:
         with pytest.raises(ArgumentError, match=message):
             prunekit.prune(prunekit.load(model_dir), "spp", progress=False, **options)
+
+
+def test_resumed_recipe_keeps_the_path(tiny_model_dir, data_root, tmp_path):
+    """SPP, an interruption after the next step, then --resume: the final output still carries path.json."""
+    from prunekit.recipe import parse_recipe
+    from prunekit.runner import run_recipe
+
+    text = ("calibration:\n  corpus: c4\n  nsamples: 2\n  seqlen: 16\nsteps:\n  - method: spp\n    ratio: 0.25\n"
+            "    lbi_iterations: 100\n  - method: magnitude\n    sparsity: 0.3\n  - method: magnitude\n    sparsity: 0.5\n")
+    recipe = parse_recipe(text, "r.yaml")
+    model = str(tiny_model_dir("llama"))
+
+    def interrupt(number, item, record):
+        if number == 2:  # step 1 (SPP) is checkpointed by now
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, model, tmp_path / "out", data_root=data_root, progress=False, on_step=interrupt)
+    out, record = run_recipe(recipe, model, tmp_path / "out", resume=True, data_root=data_root, progress=False)
+    assert [s["step"]["method"] for s in record["steps"]] == ["spp", "magnitude", "magnitude"]
+    assert read_path(out)["fingerprint"]["num_layers"] == 2

@@ -85,6 +85,7 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, *, resume: bool = Fa
         records = state["records"]
         lm = load(str(work / "checkpoint"))
         lm.source.update(state["source"])
+        _reattach_artifacts(lm, work / "checkpoint")
     else:
         shutil.rmtree(work, ignore_errors=True)
         lm = load(model)
@@ -108,6 +109,14 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, *, resume: bool = Fa
     path = api.save(lm, out, record=record, overwrite=overwrite)
     shutil.rmtree(work, ignore_errors=True)
     return path, record
+
+
+def _reattach_artifacts(lm: LoadedModel, checkpoint: Path) -> None:
+    """Files an earlier step saved beside the model (SPP's path.json) travel on to the final output."""
+    from .solution_path import FILE, PathArtifact, read_path
+
+    if (checkpoint / FILE).is_file():
+        lm.artifacts["spp_path"] = PathArtifact(read_path(checkpoint))
 
 
 def _remaining(recipe: Recipe, done: int) -> Recipe:
