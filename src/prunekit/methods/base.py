@@ -32,7 +32,20 @@ class NoOptions:
 
 
 @dataclass
-class LayerParallelOptions:
+class WorkerOptions:
+    """Where independent layers run: options shared by every layer-parallel method."""
+
+    workers: int = field(default=1, metadata={
+        "help": "layer-parallel methods (fista with --correction intra/none, wanda/magnitude with --inputs dense): "
+                "decoder layers pruned in this many workers, with results identical to one worker"})
+    executor: str = field(default="process", metadata={
+        "choices": ("process", "ray"),
+        "help": "where --workers run: local spawned processes, or Ray tasks (a local runtime, or the cluster "
+                "at RAY_ADDRESS)"})
+
+
+@dataclass
+class LayerParallelOptions(WorkerOptions):
     """Options of methods that can decide each layer from the *dense* model's inputs, so layers run
     independently (``prunekit.capture.parallel_layers``). Mixed into a method's own options."""
 
@@ -40,13 +53,6 @@ class LayerParallelOptions:
         "choices": ("sequential", "dense"),
         "help": "wanda/magnitude: statistics from the pruned model's activations (sequential, the papers' "
                 "convention) or from the dense model's (dense: layers independent, can run in parallel)"})
-    workers: int = field(default=1, metadata={
-        "help": "layer-parallel methods (fista, and wanda/magnitude with --inputs dense): decoder layers pruned "
-                "in this many workers, with results identical to one worker"})
-    executor: str = field(default="process", metadata={
-        "choices": ("process", "ray"),
-        "help": "where --workers run: local spawned processes, or Ray tasks (a local runtime, or the cluster "
-                "at RAY_ADDRESS)"})
 
 
 def validate_parallel(options: LayerParallelOptions) -> None:

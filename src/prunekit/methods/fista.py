@@ -25,7 +25,7 @@ import torch
 from ..capture.paired import CORRECTIONS, PairedStatistics
 from ..errors import ArgumentError
 from ..sparsity import SparsityTarget, select_mask, zero_fraction
-from .base import Method, register
+from .base import Method, WorkerOptions, register
 from .sparsegpt import sparsegpt_prune
 from .wanda import wanda_scores
 
@@ -33,7 +33,7 @@ WARM_STARTS = ("wanda", "magnitude", "sparsegpt", "dense")
 
 
 @dataclass
-class FistaOptions:
+class FistaOptions(WorkerOptions):
     correction: str = field(default="intra", metadata={
         "choices": CORRECTIONS, "help": "fista: intra (dense layer inputs, pruned predecessors), none, or intra+inter"})
     warm_start: str = field(default="wanda", metadata={"choices": WARM_STARTS, "help": "fista: starting point"})
@@ -43,13 +43,6 @@ class FistaOptions:
     bisection_steps: int = field(default=20, metadata={"help": "fista: at most this many λ search steps"})
     sparsity_tolerance: float = field(default=0.005, metadata={
         "help": "fista: bisection stops when the zero fraction is this close to the target"})
-    workers: int = field(default=1, metadata={
-        "help": "layer-parallel methods (fista with --correction intra/none, wanda/magnitude with --inputs dense): "
-                "decoder layers pruned in this many workers, with results identical to one worker"})
-    executor: str = field(default="process", metadata={
-        "choices": ("process", "ray"),
-        "help": "where --workers run: local spawned processes, or Ray tasks (a local runtime, or the cluster at "
-                "RAY_ADDRESS)"})
     refit_iterations: int = field(default=50, metadata={
         "help": "fista: conjugate-gradient steps of the least-squares re-fit on the kept support (0: no re-fit)"})
 
