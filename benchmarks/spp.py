@@ -182,6 +182,7 @@ def main() -> None:
             sens = entry.setdefault("sensitivity", {})
             if "kappa=1,nu=100" not in sens and "levels" in entry:
                 sens["kappa=1,nu=100"] = {"ppl": entry["levels"]["0.3"]["spp"]["ppl"]}
+            default_kept = _kept(path, dense, 0.3) if path is not None else None
             for label, options in SENSITIVITY.items():
                 if label in sens:
                     continue
@@ -189,8 +190,8 @@ def main() -> None:
                 lm = copy_model(dense)
                 materialize(lm, other_path, 0.3)
                 sens[label] = {"ppl": ppl(lm), "search_seconds": seconds,
-                               "overlap_with_default": len(_kept(other_path, dense, 0.3) & _kept(path, dense, 0.3))
-                               / len(_kept(path, dense, 0.3)) if path is not None else None}
+                               "overlap_with_default": len(_kept(other_path, dense, 0.3) & default_kept) / len(default_kept)
+                               if default_kept is not None else None}
                 store_results(results_file, results)
                 print(name, label, round(sens[label]["ppl"], 2), flush=True)
         del dense

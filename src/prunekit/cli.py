@@ -327,15 +327,10 @@ def cmd_prune(args) -> int:
 
 
 def cmd_materialize(args) -> int:
-    from .solution_path import check_sparsity as check_path_sparsity, read_path
-
     _validate_eval_args(args)
     check_output_path(args.out, args.overwrite)
-    spec = read_path(args.path)
-    check_path_sparsity(spec, args.sparsity)
-    lm, step = api.materialize(spec, args.sparsity, model=args.model, gguf_file=args.gguf_file, dtype=args.dtype,
-                               device=args.device)
-    step["step"]["options"]["materialized_from"] = str(args.path)
+    lm, step = api.materialize(args.path, args.sparsity, model=args.model, gguf_file=args.gguf_file, dtype=args.dtype,
+                               device=args.device)  # reads and checks the path before loading the model
     started = time.perf_counter()
     evaluation = _evaluate(lm, args, args.eval)
     record = api.build_record(lm, [step], evaluation, {"eval": round(time.perf_counter() - started, 3)} if evaluation else {})

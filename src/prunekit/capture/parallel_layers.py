@@ -76,8 +76,8 @@ def parallel_layerwise(
             finish(index, started, *future.result())
 
     def dispatch(index: int, layer: torch.nn.Module, views: list[LinearView], stats: dict, started: float) -> None:
-        if pool is None:
-            finish(index, started, *prune_layer_job(method, index, copy.deepcopy(layer), _view_specs(views), stats))
+        if pool is None:  # in this process the layer itself is pruned (its outputs are already computed)
+            finish(index, started, *prune_layer_job(method, index, layer, _view_specs(views), stats))
             return
         collect(block=False)
         future = pool.submit(prune_layer_job, method, index, copy.deepcopy(layer), _view_specs(views), stats)
