@@ -38,6 +38,8 @@ from common import copy_model, RESULTS, SHARED_MODELS, load_results, markdown_ta
 
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5)
 BASELINES = ("element1", "ria")
+# 2: every layer covers the same path time (80 ν), entry times interpolated within a step
+LBI_VERSION = 2
 SENSITIVITY = {"kappa=0.5": {"lbi_kappa": 0.5}, "kappa=2": {"lbi_kappa": 2.0}, "nu=30": {"lbi_nu": 30.0},
                "nu=300": {"lbi_nu": 300.0}, "ria_power=0": {"ria_power": 0.0}}
 
@@ -110,13 +112,22 @@ def main() -> None:
     results = load_results(results_file)
     root = resolve_data_root()
     settings = {"eval_windows": args.eval_windows, "eval_seqlen": args.eval_seqlen, "nsamples": args.nsamples,
-                "calib_seqlen": args.calib_seqlen, "iterations": args.iterations}
+                "calib_seqlen": args.calib_seqlen}
+    # what the SPP search depends on: a change re-runs SPP's parts and keeps the per-sparsity baselines
+    spp_settings = {"iterations": args.iterations, "lbi": LBI_VERSION}
     for name, model_dir in SHARED_MODELS.items():
         entry = results.setdefault(name, {})
         path_file = RESULTS / f"spp_path_{name}.json"
         if entry.get("settings") != settings:
             entry.clear()
             entry["settings"] = settings
+        if entry.get("spp_settings") != spp_settings:
+            for key in ("search_seconds", "stability", "mix", "sensitivity"):
+                entry.pop(key, None)
+            for row in entry.get("levels", {}).values():
+                row.pop("spp", None)
+            path_file.unlink(missing_ok=True)
+            entry["spp_settings"] = spp_settings
         dense = prunekit.load(model_dir)
         windows = evaluation_windows(dense.tokenizer, "wikitext2", seqlen=args.eval_seqlen, data_root=root,
                                      max_windows=args.eval_windows)
@@ -226,8 +237,9 @@ def write_outputs(results: dict) -> None:
                      f"test; calibration {s['nsamples']} × {s['calib_seqlen']} C4 tokens for SPP and RIA, LLM-Pruner's "
                      "own 10 × 64 PG19 tokens for element1; layers "
                      "4–27 of 30 pruned, heads by KV group (3 per layer), the same number of heads and channels "
-                     f"removed per layer by each approach; SPP {s['iterations']} Bregman iterations, κ=1, ν=100, "
-                     "momentum 0.9, RIA threshold coupling.\n")
+                     f"removed per layer by each approach; SPP κ=1, ν=100, momentum 0.9, RIA threshold coupling, "
+                     f"at least {entry.get('spp_settings', s).get('iterations')} Bregman steps per layer over the "
+                     "same path time (80 ν) in every layer.\n")
         if "stability" in entry:
             st = entry["stability"]
             lines.append(f"**Path stability** (calibration seed 0 vs 1): {st['overlap_at_0.3']:.3f} of the units kept at "

@@ -84,16 +84,34 @@ def test_bregman_path_enters_by_importance_and_threshold():
     """Decoupled units enter in order of their curvature; a lower threshold (higher RIA) enters earlier."""
     curvature = torch.tensor([1e-3, 4e-2, 5e-3, 1e-1, 2e-4], dtype=torch.float64)
     q = torch.diag(curvature)
-    settings = LBISettings(iterations=400)
+    settings = LBISettings(iterations=400, horizon=1500.0)
     run = lambda tau: linearized_bregman(lambda m: 2 * q @ (m - 1), torch.ones(5, dtype=torch.float64), tau, settings,  # noqa: E731
                                          lipschitz=2 * largest_eigenvalue(q))
     plain = run(torch.ones(5))
     assert torch.argsort(plain.entry_time).tolist() == torch.argsort(curvature, descending=True).tolist()
     assert plain.entered[:4].all() and not plain.entered[4]  # the weakest unit is still outside the support...
-    assert plain.entry_time[4] > settings.iterations * plain.alpha  # ...and ranks after every entered one
+    assert plain.end_time == pytest.approx(1500.0, rel=1e-2)  # the whole horizon was covered...
+    assert plain.entry_time[4] > plain.end_time  # ...and the weakest ranks after every entered one
     weighted = run(torch.tensor([0.2, 1, 1, 1, 1], dtype=torch.float64))
     assert weighted.entry_time[0] < plain.entry_time[0]
     assert largest_eigenvalue(q) >= float(curvature.max())
+
+
+def test_bregman_path_time_does_not_depend_on_the_step():
+    """A layer whose curvature forces a 10× smaller step covers the same horizon in 10× the steps,
+    entries land at the same times (interpolated within a step, so no ties), and the run stops once
+    every unit has entered."""
+    curvature = torch.tensor([1e-3, 4e-2, 5e-3, 1e-1, 2e-3, 3e-3], dtype=torch.float64)
+    q = torch.diag(curvature)
+    runs = [linearized_bregman(lambda m: 2 * q @ (m - 1), torch.ones(6, dtype=torch.float64), torch.ones(6),
+                               LBISettings(iterations=200, horizon=3000.0, momentum=0.0, alpha=alpha), lipschitz=0.2)
+            for alpha in (1.0, 0.1)]
+    coarse, fine = runs
+    assert coarse.entered.all() and fine.entered.all()
+    assert fine.steps > 5 * coarse.steps and fine.end_time < 3000.0  # stopped early: all had entered
+    assert torch.argsort(coarse.entry_time).tolist() == torch.argsort(fine.entry_time).tolist()
+    assert torch.allclose(coarse.entry_time, fine.entry_time, rtol=0.02)
+    assert len(set(coarse.entry_time.tolist())) == 6
 
 
 def test_ria_group_score_sums_ria_over_the_unit(tiny_model_dir):

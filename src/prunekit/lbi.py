@@ -7,9 +7,17 @@ support grows: a unit whose mask the loss defends (its ``m`` stays near 1 while 
 it toward 0) accumulates ``V`` fastest and *enters* first. The entry order is the path.
 
 Per-unit thresholds ``τ`` (1 in the plain iteration) weight the sparsity penalty of each unit —
-SPP passes RIA-derived weights here. Units that have not entered by the last iteration are given
-the time at which ``V`` would reach ``τ`` at its current average rate (``t_end · τ / |V|``), so
-every unit has one comparable entry time and the ranking is total.
+SPP passes RIA-derived weights here.
+
+Time, not steps, is what makes entries comparable. The step ``α`` is bounded by the loss's
+curvature, which differs by 40× between layers of one model (a layer whose output is carried by a
+massive-activation channel has a large top eigenvalue), so a fixed number of steps would cover a
+40× shorter stretch of the path in such a layer. Every run therefore covers the same *horizon*
+``t_end`` (steps = ``t_end / α``), never with steps coarser than ``t_end / iterations``, and stops
+early once every unit has entered. An entry time is interpolated inside its step (where ``|V|``
+crossed ``τ``), so units entering in the same step are still ordered. Units that have not entered
+by ``t_end`` get the time at which ``V`` would reach ``τ`` at its average rate so far
+(``t_end · τ / |V|``), so every unit has one comparable entry time and the ranking is total.
 """
 
 from __future__ import annotations
@@ -29,13 +37,19 @@ class LBISettings:
     nu: float = 100.0
     alpha: float | None = None  # None: 1 / (Lipschitz bound of the loss gradient + 1/ν)
     momentum: float = 0.9
-    iterations: int = 2000
+    iterations: int = 2000  # the fewest steps the horizon is divided into (the coarsest resolution)
+    horizon: float | None = None  # time t_end = steps × α the path covers; None: 80 ν
+    max_steps_factor: int = 50  # never more than this × iterations steps (a tiny α stops short of t_end)
+
+    @property
+    def time_horizon(self) -> float:
+        return self.horizon if self.horizon is not None else 80.0 * self.nu
 
 
 @dataclass
 class PathResult:
-    """Entry of every unit: ``entry_iteration`` (−1: not within the run), ``entry_time`` (iteration ×
-    α; extrapolated for units that did not enter), and the final state."""
+    """Entry of every unit: ``entry_iteration`` (−1: not within the run), ``entry_time`` (the time
+    ``|V|`` crossed ``τ``; extrapolated for units that did not enter), and the final state."""
 
     entry_iteration: torch.Tensor  # long
     entry_time: torch.Tensor  # float64
@@ -43,6 +57,8 @@ class PathResult:
     m: torch.Tensor
     alpha: float
     final_loss: float
+    steps: int = 0
+    end_time: float = 0.0
 
     @property
     def entered(self) -> torch.Tensor:
@@ -82,30 +98,41 @@ def linearized_bregman(
     """Run the iteration from ``m = m0``, ``Γ = V = 0``; ``gradient(m)`` is ``∇L(m)``.
 
     ``lipschitz`` bounds the curvature of ``L``; the automatic step ``α = 1 / (lipschitz + 1/ν)``
-    keeps the heavy-ball update stable for momentum < 1.
+    keeps the heavy-ball update stable for momentum < 1 (and is lowered to ``horizon / iterations``
+    where it would resolve the path more coarsely).
     """
     nu, kappa = settings.nu, settings.kappa
-    alpha = settings.alpha if settings.alpha is not None else 1.0 / (lipschitz + 1.0 / nu)
+    horizon = settings.time_horizon
+    alpha = settings.alpha if settings.alpha is not None else min(1.0 / (lipschitz + 1.0 / nu), horizon / settings.iterations)
+    max_steps = max(settings.iterations, min(math.ceil(horizon / alpha - 1e-9), settings.max_steps_factor * settings.iterations))
     m = m0.clone().double()
     tau = thresholds.double()
     v = torch.zeros_like(m)
     gamma = torch.zeros_like(m)
     velocity = torch.zeros_like(m)
     entry = torch.full(m.shape, -1, dtype=torch.long)
-    for k in range(1, settings.iterations + 1):
+    times = torch.full(m.shape, math.inf, dtype=torch.float64)
+    k = 0
+    for k in range(1, max_steps + 1):
         coupling = (m - gamma) / nu
         velocity = settings.momentum * velocity + gradient(m) + coupling
+        v_before = v
         v = v + alpha * coupling  # V ← V − α ∇_Γ loss, at the (m, Γ) of this step
         m = m - alpha * velocity
         gamma = kappa * shrink(v, tau)
         newly = (gamma != 0) & (entry < 0)
         if bool(newly.any()):
             entry[newly] = k
+            before, after = v_before[newly].abs(), v[newly].abs()
+            within = ((tau[newly] - before) / (after - before).clamp_min(1e-300)).clamp(0, 1)
+            times[newly] = alpha * (k - 1 + within)
+            if bool((entry >= 0).all()):
+                break
         if k % 100 == 0 and not bool(torch.isfinite(m).all()):
             raise NumericalError(f"the Bregman iteration diverged at step {k} (α = {alpha:.3g}); use a smaller --lbi-alpha")
     if not bool(torch.isfinite(m).all()):
         raise NumericalError(f"the Bregman iteration diverged (α = {alpha:.3g}); use a smaller --lbi-alpha")
-    t_end = settings.iterations * alpha
+    t_end = k * alpha
     rate = v.abs().clamp_min(1e-300)
-    times = torch.where(entry >= 0, entry.double() * alpha, torch.clamp(t_end * tau / rate, max=math.inf))
-    return PathResult(entry, times, v, m, alpha, loss(m) if loss is not None else float("nan"))
+    times = torch.where(entry >= 0, times, torch.clamp(t_end * tau / rate, min=t_end))
+    return PathResult(entry, times, v, m, alpha, loss(m) if loss is not None else float("nan"), k, t_end)

@@ -137,14 +137,26 @@ def materialize(loaded: LoadedModel, path: dict, sparsity: float) -> dict:
             "params_removed_fraction": 1 - params_after / params_before, "config": config_mode, "layers": reports}
 
 
-def active_fractions(path: dict, kind: str, key: str = "entry_iteration") -> tuple[list[int], list[float]]:
-    """Fraction of units of ``kind`` (all layers) on the path after each iteration checkpoint."""
-    total = path["settings"]["iterations"]
-    steps = sorted({max(1, round(total * j / 200)) for j in range(201)})
-    entries = torch.tensor([e for layer in path["layers"].values() for e in layer[kind][key]], dtype=torch.long)
-    entered = entries[entries >= 0]
-    counts = torch.searchsorted(torch.sort(entered).values, torch.tensor(steps), right=True)
-    return steps, (counts.double() / max(1, entries.numel())).tolist()
+def path_horizon(path: dict) -> float:
+    """The path time every layer's run covered (older paths without it: the latest entry)."""
+    horizon = path["settings"].get("horizon")
+    if horizon:
+        return float(horizon)
+    return max(t for layer in path["layers"].values() for kind in path["kinds"]
+               for t, e in zip(layer[kind]["entry_time"], layer[kind]["entry_iteration"]) if e >= 0)
+
+
+def entered_by(path: dict, kind: str, times: torch.Tensor, layers: list[str] | None = None,
+               pair: str = "") -> torch.Tensor:
+    """Fraction of the units of ``kind`` (in ``layers``, default all) whose ``pair`` (``""`` or
+    ``"qk_"``) entered the path at or before each of ``times``."""
+    entry_times = []
+    for index in layers if layers is not None else list(path["layers"]):
+        record = path["layers"][index][kind]
+        entry_times += [t if e >= 0 else math.inf
+                        for t, e in zip(record[f"{pair}entry_time"], record[f"{pair}entry_iteration"])]
+    ordered = torch.sort(torch.tensor(entry_times, dtype=torch.float64)).values
+    return torch.searchsorted(ordered, times.double(), right=True).double() / max(1, len(entry_times))
 
 
 def plot_path(path: dict, target: Path) -> Path:
@@ -155,26 +167,24 @@ def plot_path(path: dict, target: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=120)
+    horizon = path_horizon(path)
+    times = torch.logspace(math.log10(horizon) - 3, math.log10(horizon), 200, dtype=torch.float64)
     for kind in path["kinds"]:
-        steps, fractions = active_fractions(path, kind)
-        left.plot(steps, fractions, label=kind if kind == "channels" else "heads (VO pair)")
-        if kind == "heads":
-            steps, fractions = active_fractions(path, kind, "qk_entry_iteration")
-            left.plot(steps, fractions, label="heads (QK pair)", linestyle="--")
-    left.set_xlabel("iteration")
+        left.plot(times, entered_by(path, kind, times), label=kind if kind == "channels" else "heads (VO pair)")
+        if kind == "heads" and "qk_entry_time" in next(iter(path["layers"].values()))["heads"]:
+            left.plot(times, entered_by(path, kind, times, pair="qk_"), label="heads (QK pair)", linestyle="--")
+    left.set_xscale("log")
+    left.set_xlabel("path time t = step × α (same horizon in every layer)")
     left.set_ylabel("fraction of units entered")
     left.set_title("SPP solution path")
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
-    total = path["settings"]["iterations"]
-    layers = [int(i) for i in path["layers"]]
-    for share in (0.25, 0.5, 0.75, 1.0):
-        step = round(total * share)
-        fractions = []
-        for i in layers:
-            entries = [e for kind in path["kinds"] for e in path["layers"][str(i)][kind]["entry_iteration"]]
-            fractions.append(sum(0 <= e <= step for e in entries) / len(entries))
-        right.plot(layers, fractions, marker=".", label=f"iteration {step}")
+    layers = list(path["layers"])
+    for share in (1 / 64, 1 / 16, 1 / 4, 1.0):
+        at = torch.tensor([horizon * share], dtype=torch.float64)
+        fractions = [float(sum(entered_by(path, k, at, [i]) * path["layers"][i][k]["units"] for k in path["kinds"])
+                           / sum(path["layers"][i][k]["units"] for k in path["kinds"])) for i in layers]
+        right.plot([int(i) for i in layers], fractions, marker=".", label=f"t = {horizon * share:.0f}")
     right.set_xlabel("layer")
     right.set_ylabel("fraction of the layer's units entered")
     right.set_title("per-layer progress along the path")

@@ -16,7 +16,9 @@ What exactly runs (the paper leaves the LLM coupling open; these are our choices
   head's QK mask interpolates between its attention and uniform attention (exact at 0 and 1).
   Weights are never updated.
 - **Iteration.** :func:`prunekit.lbi.linearized_bregman` from ``m = 1``, ``Γ = V = 0`` with
-  κ, ν, α (default 1/(L + 1/ν)), heavy-ball momentum and a number of iterations.
+  κ, ν, α (default min(1/(L + 1/ν), horizon/iterations)), heavy-ball momentum, over the same time
+  horizon in every layer (default 80·ν; a layer with a large curvature runs more, smaller steps)
+  and stopping once every unit has entered; entry times are interpolated within a step.
 - **RIA coupling.** A unit's sparsity penalty is weighted by its normalised RIA group score
   ``ŝ = s / mean(s)`` (RIA summed over the unit's members, per layer and mask kind): the shrink
   threshold is ``τ = ŝ^(−ria_power)``, so units RIA rates high need less accumulated evidence to
@@ -60,7 +62,10 @@ class SPPOptions:
     lbi_nu: float = field(default=100.0, metadata={"help": "SPP: ν, the coupling ||m − Γ||²/(2ν) (default 100)"})
     lbi_alpha: float | None = field(default=None, metadata={"help": "SPP: step size α (default 1/(L + 1/ν) per layer)"})
     lbi_momentum: float = field(default=0.9, metadata={"help": "SPP: heavy-ball momentum on the mask gradient (default 0.9)"})
-    lbi_iterations: int = field(default=2000, metadata={"help": "SPP: Bregman iterations per layer (default 2000)"})
+    lbi_iterations: int = field(default=2000, metadata={
+        "help": "SPP: the fewest Bregman steps per layer; more where the layer's curvature needs a smaller α (default 2000)"})
+    lbi_horizon: float | None = field(default=None, metadata={
+        "help": "SPP: the path time t = steps × α every layer covers, so entries compare across layers (default 80·ν)"})
     ria_power: float = field(default=1.0, metadata={
         "help": "SPP: shrink threshold τ = (RIA group score / mean)^-power; 0 = plain iteration (default 1)"})
 
@@ -112,7 +117,9 @@ def _entry_record(result: PathResult, group: UnitGroup, part: slice = slice(None
     return {"units": group.units, "partition": group.partition,
             "entry_iteration": result.entry_iteration[part].tolist(),
             "entry_time": [round(float(t), 6) for t in result.entry_time[part]],
-            "v_final": [round(float(v), 6) for v in result.v[part]]}
+            "v_final": [round(float(v), 6) for v in result.v[part]],
+            "alpha": result.alpha, "steps": result.steps, "end_time": round(result.end_time, 6),
+            "final_loss": result.final_loss}
 
 
 @register
@@ -140,6 +147,8 @@ class SPP(WidthMethod):
             raise ArgumentError(f"--lbi-momentum must be in [0, 1) (got {options.lbi_momentum})")
         if options.lbi_iterations < 1:
             raise ArgumentError(f"--lbi-iterations must be >= 1 (got {options.lbi_iterations})")
+        if options.lbi_horizon is not None and options.lbi_horizon <= 0:
+            raise ArgumentError(f"--lbi-horizon must be > 0 (got {options.lbi_horizon})")
         if options.ria_power < 0:
             raise ArgumentError(f"--ria-power must be >= 0 (got {options.ria_power})")
 
@@ -150,7 +159,7 @@ class SPP(WidthMethod):
     @property
     def settings(self) -> LBISettings:
         o = self.options
-        return LBISettings(o.lbi_kappa, o.lbi_nu, o.lbi_alpha, o.lbi_momentum, o.lbi_iterations)
+        return LBISettings(o.lbi_kappa, o.lbi_nu, o.lbi_alpha, o.lbi_momentum, o.lbi_iterations, o.lbi_horizon)
 
     def search(self, loaded, calib_ids, *, progress: bool) -> dict:
         """Trace the path of every selected layer on the dense model; the ``path.json`` content."""
@@ -184,13 +193,13 @@ class SPP(WidthMethod):
                 units = group.units
                 entry = _entry_record(result, group, slice(0, units))
                 entry["qk_entry_iteration"] = result.entry_iteration[units:].tolist()
-                entry.update(alpha=result.alpha, final_loss=result.final_loss)
+                entry["qk_entry_time"] = [round(float(t), 6) for t in result.entry_time[units:]]
                 record["heads"] = entry
             if "channels" in groups:
                 group = groups["channels"]
                 tau = thresholds(pair_scores(group, sqnorms, None), opts.ria_power)
                 result = channel_path(quads["channels"], tau, settings)
-                record["channels"] = {**_entry_record(result, group), "alpha": result.alpha, "final_loss": result.final_loss}
+                record["channels"] = _entry_record(result, group)
             return record
 
         started = time.perf_counter()
@@ -198,7 +207,7 @@ class SPP(WidthMethod):
                          layers=layers, progress=progress)
         return {"format": FORMAT, "model": {k: loaded.source.get(k) for k in ("model", "resolved", "gguf_file")},
                 "fingerprint": stamp, "kinds": self.kinds, "head_grouping": opts.head_grouping,
-                "global_ranking": opts.global_ranking, "settings": vars(settings), "ria_power": opts.ria_power,
+                "global_ranking": opts.global_ranking, "settings": {**vars(settings), "horizon": settings.time_horizon}, "ria_power": opts.ria_power,
                 "coupling": "threshold tau = (RIA group score / layer mean)^-ria_power; head entry = VO-pair entry",
                 "calibration_tokens": int(calib_ids.numel()), "search_seconds": round(time.perf_counter() - started, 3),
                 "layers": {str(index): record for index, record, _ in walk}}
