@@ -131,42 +131,47 @@ def main() -> None:
                 print(entry["cap"], flush=True)
                 store_results(path, results)
         if "parallel" in parts:
-            entry["parallel"] = parallel_timings(model_dir)
-            store_results(path, results)
+            done = entry.setdefault("parallel", {})
+            for label in PARALLEL_RUNS:
+                if label not in done:
+                    done[label] = parallel_timings(model_dir, label)
+                    store_results(path, results)
     write_table(results)
 
 
 PARALLEL_RUNS = {
     "wanda 50% (dense inputs)": ("wanda", {"sparsity": 0.5, "inputs": "dense"}, None),
     "fista 50% (intra), layers 0-3": ("fista", {"sparsity": 0.5, "correction": "intra"}, "0-3"),
+    "svd clip 50%, every matrix": ("svd", {"rate": 0.5}, None),
+    "shortgpt BI, 25% of layers (windows split)": ("shortgpt", {"remove_fraction": 0.25}, None),
 }
 
 
-def parallel_timings(model_dir: Path) -> dict:
-    """Prune-step seconds with 1 worker, 2 processes and 2 Ray tasks; weights compared with 1 worker's."""
+def parallel_timings(model_dir: Path, label: str) -> dict:
+    """Prune-step seconds with 1 worker, 2 processes and 2 Ray tasks; weights (and BI) compared with 1 worker's."""
     import time
 
     import torch
 
     import prunekit
 
+    method, options, layers = PARALLEL_RUNS[label]
     calibration = prunekit.CalibrationSettings(corpus="c4", nsamples=16, seqlen=256)
-    out = {}
-    for label, (method, options, layers) in PARALLEL_RUNS.items():
-        runs, reference = {}, None
-        for workers, executor in ((1, "process"), (2, "process"), (2, "ray")):
-            lm = prunekit.load(model_dir)
-            started = time.perf_counter()
-            step = prunekit.prune(lm, method, calibration=calibration, layers=layers, progress=False, workers=workers,
-                                  executor=executor, **options)
-            seconds = time.perf_counter() - started
-            weights = {v.name: v.weight.clone() for i in range(lm.adapter.num_layers()) for v in lm.adapter.linears(i)}
-            reference = reference or weights
-            runs[f"{workers} {executor}"] = {"seconds": seconds, "prune_seconds": step["timings"]["prune"],
-                                             "identical": all(torch.equal(reference[k], w) for k, w in weights.items())}
-            print(label, workers, executor, runs[f"{workers} {executor}"], flush=True)
-        out[label] = runs
-    return out
+    runs, reference = {}, None
+    for workers, executor in ((1, "process"), (2, "process"), (2, "ray")):
+        lm = prunekit.load(model_dir)
+        started = time.perf_counter()
+        step = prunekit.prune(lm, method, calibration=calibration, progress=False, workers=workers,
+                              executor=executor, **options, **({"layers": layers} if layers else {}))
+        seconds = time.perf_counter() - started
+        weights = {v.name: v.weight.clone() for i in range(lm.adapter.num_layers()) for v in lm.adapter.linears(i)}
+        weights["block influence"] = torch.tensor(step.get("depth", {}).get("bi", []))
+        reference = reference or weights
+        runs[f"{workers} {executor}"] = {"seconds": seconds, "prune_seconds": step["timings"]["prune"],
+                                         "identical": reference.keys() == weights.keys() and
+                                         all(torch.equal(reference[k], w) for k, w in weights.items())}
+        print(label, workers, executor, runs[f"{workers} {executor}"], flush=True)
+    return runs
 
 
 def write_table(results: dict) -> None:
@@ -193,7 +198,8 @@ def write_table(results: dict) -> None:
                     for label, runs in entry["parallel"].items()]
             lines.append(f"Layer-parallel pruning of {name}: prune-step seconds (16 C4 windows × 256 tokens; each "
                          f"worker gets cpu_count / workers threads on this {os.cpu_count()}-core machine); every run's "
-                         "weights equal the one-worker run's unless marked.\n")
+                         "weights (and, for ShortGPT, the BI values) equal the one-worker run's unless marked. SVD is "
+                         "data-free (layers split over workers); ShortGPT's BI splits the calibration windows.\n")
             lines.append(markdown_table(["run", "1 worker", "2 processes", "2 Ray tasks"], rows))
     (RESULTS / "scale.md").write_text("\n".join(lines))
     print("\n".join(lines))

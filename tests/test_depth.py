@@ -56,6 +56,16 @@ def test_bi_by_hooks_equals_hidden_states(deep_model_dir):
         torch.testing.assert_close(stats["last_token"][:, i], hidden[i][:, -1].float())
 
 
+def test_bi_split_over_workers_equals_one_process(deep_model_dir):
+    """Data-parallel BI: windows split over two spawned workers give the serial numbers exactly."""
+    lm = prunekit.load(deep_model_dir("llama"))
+    ids = torch.randint(0, 1000, (5, 16), generator=torch.Generator().manual_seed(1))
+    serial = layer_io_statistics(lm, ids, batch_size=2, progress=False)
+    split = layer_io_statistics(lm, ids, batch_size=2, progress=False, workers=2)
+    assert torch.equal(serial["bi"], split["bi"])
+    assert torch.equal(serial["last_token"], split["last_token"])
+
+
 def test_angular_distance_picks_identity_block():
     last = torch.randn(4, 7, 8, generator=torch.Generator().manual_seed(0))
     last[:, 3] = last[:, 1]  # layers 1 and 2 together change nothing

@@ -70,6 +70,20 @@ def test_dense_clipping_sets_the_rank(tiny_model_dir):
         assert int(torch.linalg.matrix_rank(weight.float())) == report["rank"] == kept_rank(0.9, min(weight.shape))
 
 
+def test_clipping_in_two_workers_equals_one(tiny_model_dir):
+    """SVD is data-free: layers clipped in spawned workers come back identical; --factored, which
+    installs new modules, is refused with workers."""
+    weights = []
+    for workers in (1, 2):
+        lm = prunekit.load(tiny_model_dir("llama"))
+        prunekit.prune(lm, "svd", rate=0.5, modules="q,down", workers=workers, progress=False)
+        weights.append({name: p.clone() for name, p in lm.model.named_parameters()})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+    with pytest.raises(ArgumentError, match="--factored"):
+        prunekit.prune(prunekit.load(tiny_model_dir("llama")), "svd", rate=0.5, factored=True, workers=2, progress=False)
+
+
 def test_condition_number_selector_picks_the_largest(tiny_model_dir):
     lm = prunekit.load(tiny_model_dir("llama"))
     table = prunekit.spectra(lm)["condition_number"]

@@ -128,9 +128,9 @@ def prune(
         return {"step": {"method": method_cls.name, "options": vars(parsed_options)}, "calibration": calib_record,
                 "width": width, "sparsity": {}, "layers": [], "timings": timings, "peak_rss_mb": peak_rss_mb()}
 
-    if getattr(parsed_options, "inputs", "sequential") == "dense":
+    if pruner.independent_layers:
         if residency is not None:
-            raise ArgumentError("--stream walks the layers in order on the pruned model's inputs: drop --inputs dense")
+            raise ArgumentError("--stream walks the layers one at a time in order: drop --inputs dense / --workers")
         results = parallel_layerwise(loaded, pruner, calib_ids=calib_ids, views_for=views_for, layers=layer_ids,
                                      batch_size=batch_size, workers=parsed_options.workers,
                                      executor=parsed_options.executor, progress=progress)
@@ -349,8 +349,10 @@ def materialize(path: str | os.PathLike | dict, sparsity: float, *, model: str |
 
 
 def block_influence(loaded: LoadedModel, calibration: CalibrationSettings | None = None, *,
-                    data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Block Influence per decoder layer of the (dense) model on calibration text (default PG19)."""
+                    data_root: str | os.PathLike | None = None, progress: bool = True, workers: int = 1,
+                    executor: str = "process") -> dict:
+    """Block Influence per decoder layer of the (dense) model on calibration text (default PG19);
+    ``workers > 1`` splits the windows over workers (the same numbers, see ``layer_io_statistics``)."""
     from .capture import layer_io_statistics
 
     calibration = calibration or CalibrationSettings()
@@ -358,7 +360,10 @@ def block_influence(loaded: LoadedModel, calibration: CalibrationSettings | None
     seqlen = _check_seqlen(loaded, calibration.seqlen or default_seqlen(loaded))
     windows = calibration_windows(loaded.tokenizer, calibration.corpus or "pg19", nsamples=calibration.nsamples or 128,
                                   seqlen=seqlen, seed=calibration.seed, data_root=resolve_data_root(data_root))
-    stats = layer_io_statistics(loaded, windows.ids, batch_size=calibration.batch_for(seqlen), progress=progress)
+    if workers < 1:
+        raise ArgumentError(f"--workers must be at least 1 (got {workers})")
+    stats = layer_io_statistics(loaded, windows.ids, batch_size=calibration.batch_for(seqlen), progress=progress,
+                                workers=workers, executor=executor)
     bi = stats["bi"].tolist()
     return {"bi": bi, "order": sorted(range(len(bi)), key=lambda i: (bi[i], i)), "calibration": windows.provenance}
 

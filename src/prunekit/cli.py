@@ -208,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     analyze.add_argument("--seqlen", type=int, help="window length (default: model context capped at 4096)")
     analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--workers", type=int, default=1,
+                         help="bi: split the calibration windows over this many workers (same result)")
+    analyze.add_argument("--executor", choices=("process", "ray"), default="process",
+                         help="bi: where --workers run (spawned processes, or Ray tasks)")
     analyze.add_argument("--out", help="folder for bi.json and bi.png (written atomically)")
     analyze.add_argument("--overwrite", action="store_true")
 
@@ -486,10 +490,13 @@ def cmd_analyze(args) -> int:
         return _analyze_spectrum(args)
     calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed)
     calibration.validate()
+    if args.workers < 1:
+        raise ArgumentError(f"--workers must be at least 1 (got {args.workers})")
     if args.out:
         check_output_path(args.out, args.overwrite)
     lm = _load(args)
-    result = api.block_influence(lm, calibration, data_root=args.data_root, progress=not args.no_progress)
+    result = api.block_influence(lm, calibration, data_root=args.data_root, progress=not args.no_progress,
+                                 workers=args.workers, executor=args.executor)
     print("layer  BI")
     for index, value in enumerate(result["bi"]):
         print(f"{index:5d}  {value:.5f}")

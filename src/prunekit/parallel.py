@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable
 
 import torch
 
 from .errors import ArgumentError
+from .models.adapters.base import LinearView
 
 EXECUTORS = ("process", "ray")
 
@@ -66,3 +68,70 @@ def make_pool(workers: int, executor: str = "process"):
         return RayPool(workers, threads)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_set_threads, initargs=(threads,))
+
+
+def view_specs(views: list[LinearView]) -> list[tuple]:
+    """What a worker needs to find a layer's linear maps again in its copy of the layer."""
+    return [(v.name, v.local_name, v.roles, v.input_group, v.transposed) for v in views]
+
+
+def rebuild_views(layer: torch.nn.Module, specs: list[tuple]) -> list[LinearView]:
+    """The views of ``view_specs`` on (a copy of) the decoder layer."""
+    return [LinearView(name=name, local_name=local, roles=roles, module=layer.get_submodule(local), input_group=group,
+                       transposed=transposed) for name, local, roles, group, transposed in specs]
+
+
+class LayerJobs:
+    """Bookkeeping of layer jobs, shared by every layer-parallel walk.
+
+    A job returns ``(weights by view name, reports)``; its weights are written back through
+    ``views_for(index)`` when it finishes, and ``(index, reports, seconds)`` joins ``results``. At
+    most ``workers`` jobs (each holding a layer copy and its inputs or statistics) are in flight:
+    ``submit`` waits for the oldest first. With one worker there is no pool and the walk calls
+    ``finish`` on a result it computed itself.
+    """
+
+    def __init__(self, workers: int, executor: str, views_for: Callable[[int], list[LinearView]], bar=None):
+        self.workers = workers
+        self.views_for = views_for
+        self.bar = bar
+        self.pool = make_pool(workers, executor) if workers > 1 else None
+        self.pending: dict[Future, tuple[int, float]] = {}
+        self.results: list[tuple[int, dict[str, dict], float]] = []
+
+    @property
+    def parallel(self) -> bool:
+        return self.pool is not None
+
+    def submit(self, index: int, started: float, fn: Callable, *args: Any) -> None:
+        self.drain(block=False)
+        self.pending[self.pool.submit(fn, *args)] = (index, started)
+
+    def finish(self, index: int, started: float, weights: dict[str, torch.Tensor], reports: dict[str, dict]) -> None:
+        views = {v.name: v for v in self.views_for(index)}
+        for name, weight in weights.items():
+            views[name].set_weight(weight)
+        self.results.append((index, reports, time.perf_counter() - started))
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(layer=index, s=f"{self.results[-1][2]:.1f}")
+
+    def drain(self, block: bool) -> None:
+        """Finish jobs in submission order: all of them (``block``), or until one slot is free."""
+        while self.pending and (block or len(self.pending) >= self.workers):
+            future = next(iter(self.pending))
+            index, started = self.pending.pop(future)
+            self.finish(index, started, *future.result())
+
+    def ordered_results(self) -> list[tuple[int, dict[str, dict], float]]:
+        self.drain(block=True)
+        return sorted(self.results, key=lambda r: r[0])
+
+    def __enter__(self) -> "LayerJobs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.bar is not None:
+            self.bar.close()

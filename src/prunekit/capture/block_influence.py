@@ -25,25 +25,66 @@ def _hidden(value) -> torch.Tensor:
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
-@torch.inference_mode()
 def layer_io_statistics(loaded: LoadedModel, calib_ids: torch.Tensor, *, batch_size: int = 1,
-                        progress: bool = True) -> dict[str, torch.Tensor]:
-    """``{"bi": (layers,), "cos_mean": (layers,), "last_token": (windows, layers + 1, hidden)}``."""
-    layers = loaded.adapter.decoder_layers()
+                        progress: bool = True, workers: int = 1, executor: str = "process") -> dict[str, torch.Tensor]:
+    """``{"bi": (layers,), "cos_mean": (layers,), "last_token": (windows, layers + 1, hidden)}``.
+
+    ``workers > 1`` splits the windows (whole batches) over that many workers, each running its own
+    copy of the model on its share — data-parallel, since layer i's input *is* layer i−1's output.
+    Per-batch sums come back and are added in window order, so the result is the serial one.
+    """
+    from ..parallel import make_pool
+
+    module_names = {id(module): name for name, module in loaded.model.named_modules()}
+    layer_names = [module_names[id(layer)] for layer in loaded.adapter.decoder_layers()]
+    hidden = loaded.adapter.hidden_size
+    starts = list(range(0, calib_ids.shape[0], batch_size))
+    if workers <= 1 or len(starts) < 2:
+        parts = [io_sums(loaded.model, layer_names, hidden, calib_ids, batch_size, progress)]
+    else:
+        chunks = [starts[len(starts) * w // workers: len(starts) * (w + 1) // workers] for w in range(workers)]
+        pool = make_pool(workers, executor)
+        try:
+            futures = [pool.submit(io_sums, loaded.model, layer_names, hidden,
+                                   calib_ids[c[0]: min(c[-1] + batch_size, calib_ids.shape[0])], batch_size, False)
+                       for c in chunks if c]
+            parts = [future.result() for future in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    cos_sum = torch.zeros(len(layer_names), dtype=torch.float64)
+    tokens = torch.zeros(len(layer_names), dtype=torch.float64)
+    for batch_cos, batch_tokens, _ in parts:
+        for row, count in zip(batch_cos, batch_tokens):
+            cos_sum += row
+            tokens += count
+    cos_mean = cos_sum / tokens
+    last = torch.cat([part[2] for part in parts])
+    return {"bi": (1 - cos_mean).float(), "cos_mean": cos_mean.float(), "last_token": last}
+
+
+@torch.inference_mode()
+def io_sums(model: torch.nn.Module, layer_names: list[str], hidden_size: int, calib_ids: torch.Tensor,
+            batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward over ``calib_ids``: per batch and layer the sum of cos(input, output) over tokens
+    and the token count (``(batches, layers)`` each), and the last-token states ``(windows, layers + 1,
+    hidden)``. A pure function of the model and the windows, so it can run in a worker."""
+    layers = [model.get_submodule(name) for name in layer_names]
     count = len(layers)
     nsamples = calib_ids.shape[0]
-    cos_sum = torch.zeros(count, dtype=torch.float64)
-    tokens = torch.zeros(count, dtype=torch.float64)
-    last = torch.zeros(nsamples, count + 1, loaded.adapter.hidden_size, dtype=torch.float32)
-    state = {"start": 0}
+    starts = list(range(0, nsamples, batch_size))
+    cos_sums = torch.zeros(len(starts), count, dtype=torch.float64)
+    tokens = torch.zeros(len(starts), count, dtype=torch.float64)
+    last = torch.zeros(nsamples, count + 1, hidden_size, dtype=torch.float32)
+    state = {"batch": 0, "start": 0}
+    device = next(model.parameters()).device
 
     def hook(index: int):
         def record(_module, args, kwargs, output):
             x = (args[0] if args else kwargs["hidden_states"]).float()
             y = _hidden(output).float()
             cos = F.cosine_similarity(x, y, dim=-1)  # (batch, seq): every position counts
-            cos_sum[index] += float(cos.double().sum())
-            tokens[index] += cos.numel()
+            cos_sums[state["batch"], index] = cos.double().sum()
+            tokens[state["batch"], index] = cos.numel()
             rows = slice(state["start"], state["start"] + x.shape[0])
             last[rows, index] = x[:, -1].cpu()
             if index == count - 1:
@@ -53,17 +94,16 @@ def layer_io_statistics(loaded: LoadedModel, calib_ids: torch.Tensor, *, batch_s
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
-        for start in tqdm(range(0, nsamples, batch_size), desc="block influence", disable=not progress, leave=False):
-            state["start"] = start
+        for batch, start in enumerate(tqdm(starts, desc="block influence", disable=not progress, leave=False)):
+            state.update(batch=batch, start=start)
             try:
-                loaded.model(input_ids=calib_ids[start : start + batch_size].to(loaded.device), use_cache=False)
+                model(input_ids=calib_ids[start : start + batch_size].to(device), use_cache=False)
             except _Done:
                 pass
     finally:
         for handle in handles:
             handle.remove()
-    cos_mean = cos_sum / tokens
-    return {"bi": (1 - cos_mean).float(), "cos_mean": cos_mean.float(), "last_token": last}
+    return cos_sums, tokens, last
 
 
 def angular_distances(last_token: torch.Tensor, n: int) -> torch.Tensor:

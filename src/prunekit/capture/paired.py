@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..errors import NumericalError
 from ..models.adapters.base import LinearView
 from ..models.loading import LoadedModel
-from ..parallel import make_pool
+from ..parallel import LayerJobs, rebuild_views, view_specs
 from .layerwise import _first_layer_inputs, _Inputs, _run_layer, _StopForward
 
 CORRECTIONS = ("intra", "none", "intra+inter")
@@ -117,8 +117,7 @@ def prune_layer_paired(layer: torch.nn.Module, views: list[LinearView], prune_vi
 def _worker_job(layer: torch.nn.Module, specs: list[tuple], prune_view: Callable, dense: _Inputs, correction: str,
                 batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """Worker side: rebuild the views on the received layer copy, prune, return the new weights."""
-    views = [LinearView(name=name, local_name=local, roles=roles, module=layer.get_submodule(local), input_group=group,
-                        transposed=transposed) for name, local, roles, group, transposed in specs]
+    views = rebuild_views(layer, specs)
     reports = prune_layer_paired(layer, views, prune_view, dense, None, correction, batch_size)
     return {view.name: view.weight.detach().clone() for view in views}, reports
 
@@ -157,32 +156,15 @@ def paired_layerwise(
     star_out = torch.empty_like(dense.hidden) if star is not None else None
     selected = sorted(set(layers))
     last = selected[-1] if selected else -1
-    results: list[tuple[int, dict[str, dict], float]] = []
     bar = tqdm(total=len(selected), desc="layers", unit="layer", disable=not progress)
-    pool = make_pool(workers, executor) if workers > 1 else None
-    pending: dict = {}
-
-    def collect(block: bool) -> None:
-        while pending and (block or len(pending) >= workers):
-            future = next(iter(pending))
-            index, started = pending.pop(future)
-            weights, reports = future.result()
-            views = {v.name: v for v in views_for(index)}
-            for name, weight in weights.items():
-                views[name].set_weight(weight)
-            results.append((index, reports, time.perf_counter() - started))
-            bar.update(1)
-
-    try:
+    with LayerJobs(workers, executor, views_for, bar) as jobs:
         for index in range(last + 1):
             layer = adapter.decoder_layers()[index]
             started = time.perf_counter()
-            if index in selected and pool is not None:
-                collect(block=False)
-                specs = [(v.name, v.local_name, v.roles, v.input_group, v.transposed) for v in views_for(index)]
+            if index in selected and jobs.parallel:
                 job = _Inputs(dense.hidden.clone(), dense.extra_args, dense.kwargs)
-                future = pool.submit(_worker_job, copy.deepcopy(layer), specs, prune_view, job, correction, batch_size)
-                pending[future] = (index, started)
+                jobs.submit(index, started, _worker_job, copy.deepcopy(layer), view_specs(views_for(index)), prune_view,
+                            job, correction, batch_size)
                 if index < last:  # the layer here is still dense: it gives the next layer's dense inputs
                     _run_layer(layer, dense, dense_out, batch_size)
                     dense.hidden, dense_out = dense_out, dense.hidden
@@ -199,13 +181,6 @@ def paired_layerwise(
                     _run_layer(layer, star, star_out, batch_size)
                     star.hidden, star_out = star_out, star.hidden
             if index in selected:
-                results.append((index, reports, time.perf_counter() - started))
-                bar.update(1)
-                bar.set_postfix(layer=index, s=f"{results[-1][2]:.1f}")
+                jobs.finish(index, started, {}, reports)
             del dense_layer
-        collect(block=True)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    return sorted(results, key=lambda r: r[0])
+        return jobs.ordered_results()

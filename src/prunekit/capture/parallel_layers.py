@@ -20,20 +20,15 @@ from tqdm.auto import tqdm
 
 from ..models.adapters.base import LinearView
 from ..models.loading import LoadedModel
-from ..parallel import make_pool
+from ..parallel import LayerJobs, rebuild_views, view_specs
 from .layerwise import LayerContext, _first_layer_inputs, _run_layer
 from .statistics import InputStatistics, collect_statistics
-
-
-def _view_specs(views: list[LinearView]) -> list[tuple]:
-    return [(v.name, v.local_name, v.roles, v.input_group, v.transposed) for v in views]
 
 
 def prune_layer_job(method: Any, index: int, layer: torch.nn.Module, specs: list[tuple],
                     stats: dict[str, InputStatistics]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """Worker side: prune the received layer copy with ``method``; the new weights and the reports."""
-    views = [LinearView(name=name, local_name=local, roles=roles, module=layer.get_submodule(local), input_group=group,
-                        transposed=transposed) for name, local, roles, group, transposed in specs]
+    views = rebuild_views(layer, specs)
     reports = method.prune_layer(LayerContext(index, layer, views, stats))
     return {view.name: view.weight.detach().clone() for view in views}, reports
 
@@ -50,43 +45,30 @@ def parallel_layerwise(
     executor: str = "process",
     progress: bool = True,
 ) -> list[tuple[int, dict[str, dict], float]]:
-    """Prune the selected layers from dense-model statistics; ``(index, reports, seconds)`` per layer.
+    """Prune the selected layers from dense-model statistics (or from the weights alone, when
+    ``calib_ids`` is None); ``(index, reports, seconds)`` per layer.
 
     At most ``workers`` layers (each a copy plus its statistics) are in flight at once.
     """
     adapter = loaded.adapter
     selected = sorted(set(layers))
     last = selected[-1] if selected else -1
-    results: list[tuple[int, dict[str, dict], float]] = []
     bar = tqdm(total=len(selected), desc="layers", unit="layer", disable=not progress)
-    pool = make_pool(workers, executor) if workers > 1 else None
-    pending: dict = {}
+    with LayerJobs(workers, executor, views_for, bar) as jobs:
 
-    def finish(index: int, started: float, weights: dict, reports: dict) -> None:
-        views = {v.name: v for v in views_for(index)}
-        for name, weight in weights.items():
-            views[name].set_weight(weight)
-        results.append((index, reports, time.perf_counter() - started))
-        bar.update(1)
+        def dispatch(index: int, layer: torch.nn.Module, views: list[LinearView], stats: dict, started: float) -> None:
+            if not jobs.parallel:  # in this process the layer itself is pruned (its outputs are already computed)
+                jobs.finish(index, started, *prune_layer_job(method, index, layer, view_specs(views), stats))
+            else:
+                jobs.submit(index, started, prune_layer_job, method, index, copy.deepcopy(layer), view_specs(views), stats)
 
-    def collect(block: bool) -> None:
-        while pending and (block or len(pending) >= workers):
-            future = next(iter(pending))
-            index, started = pending.pop(future)
-            finish(index, started, *future.result())
-
-    def dispatch(index: int, layer: torch.nn.Module, views: list[LinearView], stats: dict, started: float) -> None:
-        if pool is None:  # in this process the layer itself is pruned (its outputs are already computed)
-            finish(index, started, *prune_layer_job(method, index, layer, _view_specs(views), stats))
-            return
-        collect(block=False)
-        future = pool.submit(prune_layer_job, method, index, copy.deepcopy(layer), _view_specs(views), stats)
-        pending[future] = (index, started)
-
-    inputs = _first_layer_inputs(loaded, calib_ids, batch_size, progress) if calib_ids is not None else None
-    outputs = torch.empty_like(inputs.hidden) if inputs is not None else None
-    try:
-        for index in range(last + 1 if inputs is not None else 0):
+        if calib_ids is None:  # data-free: nothing to propagate
+            for index in selected:
+                dispatch(index, adapter.decoder_layers()[index], views_for(index), {}, time.perf_counter())
+            return jobs.ordered_results()
+        inputs = _first_layer_inputs(loaded, calib_ids, batch_size, progress)
+        outputs = torch.empty_like(inputs.hidden)
+        for index in range(last + 1):
             layer = adapter.decoder_layers()[index]
             started = time.perf_counter()
             views = views_for(index) if index in selected else []
@@ -98,12 +80,4 @@ def parallel_layerwise(
                 inputs.hidden, outputs = outputs, inputs.hidden
             if index in selected:
                 dispatch(index, layer, views, stats, started)
-        if inputs is None:  # data-free: nothing to propagate
-            for index in selected:
-                dispatch(index, adapter.decoder_layers()[index], views_for(index), {}, time.perf_counter())
-        collect(block=True)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    return sorted(results, key=lambda r: r[0])
+        return jobs.ordered_results()

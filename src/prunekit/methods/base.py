@@ -36,7 +36,8 @@ class WorkerOptions:
     """Where independent layers run: options shared by every layer-parallel method."""
 
     workers: int = field(default=1, metadata={
-        "help": "layer-parallel methods (fista with --correction intra/none, wanda/magnitude with --inputs dense): "
+        "help": "layer-parallel methods (fista with --correction intra/none, wanda/magnitude with --inputs dense, "
+                "svd; shortgpt's bi/angular scoring splits the calibration windows instead): "
                 "decoder layers pruned in this many workers, with results identical to one worker"})
     executor: str = field(default="process", metadata={
         "choices": ("process", "ray"),
@@ -97,6 +98,13 @@ class Method:
     def stats_dtype(self) -> torch.dtype:
         """The dtype the calibration statistics accumulate in."""
         return torch.float32
+
+    @property
+    def independent_layers(self) -> bool:
+        """True when every layer is decided from the dense model (its weights, or its inputs'
+        statistics) alone, so the layers go through the layer-parallel walk
+        (:mod:`prunekit.capture.parallel_layers`)."""
+        return getattr(self.options, "inputs", "sequential") == "dense"
 
     @classmethod
     def parse_options(cls, values: dict[str, Any]) -> Any:

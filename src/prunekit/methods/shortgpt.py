@@ -24,13 +24,13 @@ from ..errors import ArgumentError
 from ..eval.perplexity import perplexity
 from ..data.windows import TokenWindows
 from ..surgery import layers_removed
-from .base import DepthMethod, register
+from .base import DepthMethod, WorkerOptions, register
 
 METRICS = ("bi", "angular", "ppl", "reverse", "random")
 
 
 @dataclass
-class ShortGPTOptions:
+class ShortGPTOptions(WorkerOptions):
     remove_layers: int | None = field(default=None, metadata={"help": "depth: number of decoder layers to remove"})
     remove_fraction: float | None = field(default=None, metadata={
         "help": "depth: fraction of decoder layers to remove (rounded to the nearest count)"})
@@ -68,6 +68,8 @@ class ShortGPT(DepthMethod):
             raise ArgumentError(f"--remove-layers must be at least 1 (got {options.remove_layers})")
         if options.remove_fraction is not None and not 0 < options.remove_fraction < 1:
             raise ArgumentError(f"--remove-fraction must be in (0, 1) (got {options.remove_fraction})")
+        if options.workers < 1:
+            raise ArgumentError(f"--workers must be at least 1 (got {options.workers})")
         if options.granularity == "sublayer" and options.metric not in ("bi", "random"):
             raise ArgumentError(f"--granularity sublayer supports --metric bi or random, not {options.metric}")
 
@@ -94,7 +96,8 @@ class ShortGPT(DepthMethod):
         metric = "explicit" if self.explicit is not None else self.options.metric
         report: dict = {"metric": metric, "count": n, "layers_before": total}
         if calib_ids is not None and metric in ("bi", "angular"):
-            stats = layer_io_statistics(loaded, calib_ids, batch_size=batch_size, progress=progress)
+            stats = layer_io_statistics(loaded, calib_ids, batch_size=batch_size, progress=progress,
+                                        workers=self.options.workers, executor=self.options.executor)
             report["bi"] = stats["bi"].tolist()
             if metric == "angular":
                 distances = angular_distances(stats["last_token"], n)

@@ -20,13 +20,13 @@ from ..models.adapters.base import Adapter, LinearView
 from ..sparsity import zero_fraction
 from ..surgery.lowrank import Spectrum, factor, install, kept_rank, record_factored
 from ..errors import ArgumentError
-from .base import Method, register
+from .base import Method, WorkerOptions, register
 
 SELECTIONS = ("all", "top-k-condition")
 
 
 @dataclass
-class SvdOptions:
+class SvdOptions(WorkerOptions):
     rate: float = field(default=0.5, metadata={"help": "clipping rate ξ in [0, 1): keep max(1, round((1-ξ)·n)) "
                                                         "singular values of each selected matrix"})
     modules: str = field(default="all", metadata={"help": "matrices to clip: q,k,v,o,attn,mlp,all,fc1/up+gate,fc2/down"})
@@ -63,6 +63,16 @@ class SvdClip(Method):
             raise ArgumentError(f"--top-k must be at least 1 (got {options.top_k})")
         if options.deeper_half and options.select != "top-k-condition":
             raise ArgumentError("--deeper-half narrows --select top-k-condition; give both or neither")
+        if options.workers < 1:
+            raise ArgumentError(f"--workers must be at least 1 (got {options.workers})")
+        if options.workers > 1 and options.factored:
+            raise ArgumentError("--factored installs new modules into the model, which a worker's layer copy cannot "
+                                "hand back: use --workers 1")
+
+    @property
+    def independent_layers(self) -> bool:
+        """Data-free: every matrix's clipping depends on that matrix alone."""
+        return self.options.workers > 1
 
     def restrict(self, adapter: Adapter, layer_ids: list[int], views_for: Callable[[int], list[LinearView]]):
         """Narrow the selection to the top-k matrices by condition number when asked."""
