@@ -35,10 +35,10 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def timings(lm) -> dict:
     """Prefill latency of one 256-token prompt and decode tokens/s of 32 new tokens (prunekit's cost
-    measurement: one warm-up, median of 5)."""
+    measurement: one warm-up, median of 9)."""
     from prunekit.eval.cost import CostSettings, timings as measure
 
-    return measure(lm.model, CostSettings(prompt_len=256, batch=1, new_tokens=32, repeats=5))
+    return measure(lm.model, CostSettings(prompt_len=256, batch=1, new_tokens=32, repeats=9))
 
 
 def checkpoint_mb(lm) -> float:

@@ -9,6 +9,7 @@ Parts (finished entries are kept in the JSON and skipped on the next run):
 - ``stability``: a second SPP search with calibration seed 1; overlap of the kept units at 30%.
 - ``mix``: at 30%, SPP's heads with RIA's channels and RIA's heads with SPP's channels (which part
   of the cut differs in quality), and the kept-set agreement of SPP and RIA per kind.
+- ``timing``: prune-only seconds of each per-sparsity baseline run (the wall-time comparison).
 - ``sensitivity``: perplexity at 30% for κ ∈ {0.5, 1, 2} (ν=100) and ν ∈ {30, 100, 300} (κ=1), and
   the plain iteration (``--ria-power 0``) as an ablation of the RIA coupling.
 
@@ -62,6 +63,18 @@ def _kept(path: dict, dense: LoadedModel, sparsity: float) -> set:
             for u in set(range(layer[kind]["before"])) - set(layer[kind]["removed"])}
 
 
+def baseline_prune(dense: LoadedModel, level: float, importance: str, calibration) -> tuple[LoadedModel, dict, float]:
+    """One per-sparsity LLM-Pruner run on a copy of ``dense``: the model, its step record, prune seconds.
+
+    element1 runs with LLM-Pruner's own calibration (10 × 64 PG19 tokens): its backward pass over
+    the SPP calibration would hold 16k × 49k logits; RIA scores on SPP's data."""
+    lm = copy_model(dense)
+    started = time.perf_counter()
+    step = prunekit.prune(lm, "llm-pruner", ratio=level, importance=importance,
+                          calibration=calibration if importance == "ria" else None, progress=False)
+    return lm, step, time.perf_counter() - started
+
+
 def mixed_cuts(dense: LoadedModel, path: dict, calibration, ppl) -> dict:
     """Cut at 30% with one kind ranked by SPP and the other by the RIA group score."""
     import torch
@@ -100,7 +113,7 @@ def mixed_cuts(dense: LoadedModel, path: dict, calibration, ppl) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--parts", default="compare,stability,mix,sensitivity")
+    parser.add_argument("--parts", default="compare,timing,stability,mix,sensitivity")
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--eval-seqlen", type=int, default=2048)
     parser.add_argument("--nsamples", type=int, default=32)
@@ -160,17 +173,19 @@ def main() -> None:
                 for importance in BASELINES:
                     if importance in row:
                         continue
-                    lm = copy_model(dense)
-                    started = time.perf_counter()
-                    # element1 runs with LLM-Pruner's own calibration (10 × 64 PG19 tokens): its backward pass
-                    # over the SPP calibration would hold 16k × 49k logits; RIA scores on SPP's data
-                    step = prunekit.prune(lm, "llm-pruner", ratio=level, importance=importance,
-                                          calibration=calibration() if importance == "ria" else None, progress=False)
-                    seconds = time.perf_counter() - started
+                    lm, step, seconds = baseline_prune(dense, level, importance, calibration())
                     row[importance] = {"ppl": ppl(lm), "seconds": seconds,
                                        "params_removed": step["width"]["params_removed_fraction"]}
                     store_results(results_file, results)
                 print(name, level, {k: round(v["ppl"], 2) for k, v in row.items()}, flush=True)
+
+        if "timing" in parts:  # prune-only seconds of the baselines (early results timed prune + perplexity)
+            timing = entry.setdefault("baseline_prune_seconds", {})
+            for level in LEVELS:
+                for importance in BASELINES:
+                    if f"{importance}@{level}" not in timing:
+                        timing[f"{importance}@{level}"] = baseline_prune(dense, level, importance, calibration())[2]
+                        store_results(results_file, results)
 
         path = json.loads(path_file.read_text()) if path_file.exists() else None
         if "stability" in parts and "stability" not in entry and path is not None:
@@ -226,13 +241,13 @@ def write_outputs(results: dict) -> None:
         lines.append(markdown_table(header, rows))
         if levels:
             spp_total = entry["search_seconds"] + sum(levels[f"{lv}"]["spp"]["seconds"] for lv in LEVELS if f"{lv}" in levels)
-            per = {k: sum(levels[f"{lv}"][k]["seconds"] for lv in LEVELS if k in levels.get(f"{lv}", {})) for k in BASELINES}
-            lines.append(f"Wall time for all {len(levels)} levels: SPP {spp_total:.0f} s (search {entry['search_seconds']:.0f} s "
-                         f"once + materialisations), LLM-Pruner element1 {per['element1']:.0f} s, RIA group score "
-                         f"{per['ria']:.0f} s (each run from scratch per level; model load excluded; "
-                         + ("perplexity excluded" if entry.get("timing") == "prune only" else
-                            "each approach's time includes one perplexity evaluation per level, the same work for all three")
-                         + ").\n")
+            timing = entry.get("baseline_prune_seconds", {})
+            if all(f"{k}@{lv}" in timing for k in BASELINES for lv in LEVELS):
+                per = {k: sum(timing[f"{k}@{lv}"] for lv in LEVELS) for k in BASELINES}
+                lines.append(f"Prune wall time for all {len(LEVELS)} levels (perplexity and model load excluded): SPP "
+                             f"{spp_total:.0f} s (search {entry['search_seconds']:.0f} s once + materialisations), "
+                             f"LLM-Pruner element1 {per['element1']:.0f} s, RIA group score {per['ria']:.0f} s (each "
+                             "run from scratch per level).\n")
         lines.append(f"Perplexity on the first {s['eval_windows']} windows × {s['eval_seqlen']} tokens of WikiText-2 "
                      f"test; calibration {s['nsamples']} × {s['calib_seqlen']} C4 tokens for SPP and RIA, LLM-Pruner's "
                      "own 10 × 64 PG19 tokens for element1; layers "
