@@ -1,6 +1,6 @@
 """A recipe that composes three pruning methods and LoRA on every shared model, with its report.
 
-Runs ``benchmarks/recipes/composed.yaml`` (ShortGPT 20% of layers → LLM-Pruner 10% of parameters
+Runs ``benchmarks/recipes/composed.yaml`` (ShortGPT 20% of layers → LLM-Pruner 1/8 of the MLP channels
 → FISTA 2:4 → eval → LoRA 100 steps → eval) through the same runner as ``prunekit run``, and the
 dense model through the same evaluation. Copies the run's report (markdown and plots) to
 ``benchmarks/results/recipe_<model>/`` and writes a per-step table to ``benchmarks/results/recipe.md``.
@@ -26,7 +26,7 @@ def step_row(number: int, record: dict) -> list[str]:
     step = record["step"]
     method = step["method"]
     options = {k: v for k, v in (step.get("options") or {}).items() if v not in (None, False) and k in (
-        "remove_fraction", "param_ratio", "pattern", "ppl", "tasks")}
+        "remove_fraction", "ratio", "param_ratio", "pattern", "ppl", "tasks")}
     what = ", ".join(f"{k}={v}" for k, v in options.items())
     if "depth" in record:
         after = f"{record['depth']['layers_after']} layers, {record['depth']['params_after']:,} params"
