@@ -70,6 +70,21 @@ def test_dense_clipping_sets_the_rank(tiny_model_dir):
         assert int(torch.linalg.matrix_rank(weight.float())) == report["rank"] == kept_rank(0.9, min(weight.shape))
 
 
+def test_spectrum_does_not_depend_on_the_thread_count():
+    """LAPACK's SVD differs in the last bits between 1 and 2 threads at real sizes; the pinned
+    Spectrum does not, so a layer-parallel worker (fewer threads) reproduces the serial factors."""
+    weight = torch.randn(1536, 576, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    products = []
+    try:
+        for count in (2, 1):
+            torch.set_num_threads(count)
+            products.append(Spectrum.of(weight).product(288))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(*products)
+
+
 def test_clipping_in_two_workers_equals_one(tiny_model_dir):
     """SVD is data-free: layers clipped in spawned workers come back identical; --factored, which
     installs new modules, is refused with workers."""

@@ -29,7 +29,18 @@ class Spectrum:
 
     @classmethod
     def of(cls, weight: torch.Tensor) -> "Spectrum":
-        U, S, Vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
+        """The SVD; on CPU single-threaded, because LAPACK's result depends (in the last bits) on
+        the thread count — pinned, a layer gives the same factors in this process and in any
+        worker of a layer-parallel run (at these sizes one thread is as fast as two)."""
+        matrix = weight.detach().float()
+        if matrix.device.type != "cpu":
+            return cls(*torch.linalg.svd(matrix, full_matrices=False))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
+        finally:
+            torch.set_num_threads(threads)
         return cls(U, S, Vh)
 
     @property
