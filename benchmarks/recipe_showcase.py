@@ -27,6 +27,7 @@ def step_row(number: int, record: dict) -> list[str]:
     method = step["method"]
     options = {k: v for k, v in (step.get("options") or {}).items() if v not in (None, False) and k in (
         "remove_fraction", "ratio", "param_ratio", "pattern", "ppl", "tasks")}
+    options.update({k: step[k] for k in ("sparsity", "pattern") if step.get(k)})  # an unstructured step's target
     what = ", ".join(f"{k}={v}" for k, v in options.items())
     if "depth" in record:
         after = f"{record['depth']['layers_after']} layers, {record['depth']['params_after']:,} params"
