@@ -31,6 +31,7 @@ from .recovery import LoraSettings, recover_lora
 from .selection import parse_layers, parse_modules, parse_roles, view_selector
 from .surgery import remove_layers, skip_sublayers
 from .sparsity import check_nm, parse_pattern, validate_nm_width, zero_fraction
+from .parallel import check_workers
 
 MAX_DEFAULT_SEQLEN = 4096
 
@@ -360,8 +361,7 @@ def block_influence(loaded: LoadedModel, calibration: CalibrationSettings | None
     seqlen = _check_seqlen(loaded, calibration.seqlen or default_seqlen(loaded))
     windows = calibration_windows(loaded.tokenizer, calibration.corpus or "pg19", nsamples=calibration.nsamples or 128,
                                   seqlen=seqlen, seed=calibration.seed, data_root=resolve_data_root(data_root))
-    if workers < 1:
-        raise ArgumentError(f"--workers must be at least 1 (got {workers})")
+    check_workers(workers)
     stats = layer_io_statistics(loaded, windows.ids, batch_size=calibration.batch_for(seqlen), progress=progress,
                                 workers=workers, executor=executor)
     bi = stats["bi"].tolist()

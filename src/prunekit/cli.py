@@ -18,6 +18,7 @@ from typing import Sequence
 from . import api
 from .data import PROTOCOLS
 from .errors import ArgumentError, PrunekitError
+from .parallel import check_workers
 from .io import atomic_directory, check_output_path, write_json
 from .methods import available_methods
 from .recipe import CalibrationSettings, RecipeStep, Step
@@ -490,8 +491,7 @@ def cmd_analyze(args) -> int:
         return _analyze_spectrum(args)
     calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed)
     calibration.validate()
-    if args.workers < 1:
-        raise ArgumentError(f"--workers must be at least 1 (got {args.workers})")
+    check_workers(args.workers)  # before the model is loaded
     if args.out:
         check_output_path(args.out, args.overwrite)
     lm = _load(args)

@@ -59,6 +59,12 @@ class RayPool:
             self._ray.shutdown()
 
 
+def check_workers(workers: int) -> None:
+    """The one range check of ``--workers`` (methods, ``analyze``, the API)."""
+    if workers < 1:
+        raise ArgumentError(f"--workers must be at least 1 (got {workers})")
+
+
 def make_pool(workers: int, executor: str = "process"):
     """A pool of ``workers`` for layer jobs; each job gets ``cpu_count // workers`` threads."""
     if executor not in EXECUTORS:

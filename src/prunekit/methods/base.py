@@ -19,6 +19,7 @@ import torch
 
 from ..capture.layerwise import LayerContext
 from ..errors import ArgumentError
+from ..parallel import check_workers
 from ..models.adapters.base import LinearView
 from ..sparsity import SparsityTarget
 from ..surgery import apply_mask, reconstruction_error
@@ -57,8 +58,7 @@ class LayerParallelOptions(WorkerOptions):
 
 
 def validate_parallel(options: LayerParallelOptions) -> None:
-    if options.workers < 1:
-        raise ArgumentError(f"--workers must be at least 1 (got {options.workers})")
+    check_workers(options.workers)
     if options.workers > 1 and options.inputs != "dense":
         raise ArgumentError("--workers > 1 needs --inputs dense: with sequential inputs each layer waits for the "
                             "pruned layer before it")

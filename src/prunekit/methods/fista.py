@@ -28,6 +28,7 @@ from ..sparsity import SparsityTarget, select_mask, zero_fraction
 from .base import Method, WorkerOptions, register
 from .sparsegpt import sparsegpt_prune
 from .wanda import wanda_scores
+from ..parallel import check_workers
 
 WARM_STARTS = ("wanda", "magnitude", "sparsegpt", "dense")
 
@@ -222,8 +223,7 @@ class FISTAPruner(Method):
         for name in ("iterations", "final_iterations", "bisection_steps"):
             if getattr(options, name) < 1:
                 raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1")
-        if options.workers < 1:
-            raise ArgumentError("--workers must be at least 1")
+        check_workers(options.workers)
         if options.workers > 1 and options.correction == "intra+inter":
             raise ArgumentError("--workers > 1 needs --correction intra or none (intra+inter chains the layers)")
         if options.refit_iterations < 0:

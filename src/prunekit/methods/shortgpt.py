@@ -25,6 +25,7 @@ from ..eval.perplexity import perplexity
 from ..data.windows import TokenWindows
 from ..surgery import layers_removed
 from .base import DepthMethod, WorkerOptions, register
+from ..parallel import check_workers
 
 METRICS = ("bi", "angular", "ppl", "reverse", "random")
 
@@ -68,8 +69,7 @@ class ShortGPT(DepthMethod):
             raise ArgumentError(f"--remove-layers must be at least 1 (got {options.remove_layers})")
         if options.remove_fraction is not None and not 0 < options.remove_fraction < 1:
             raise ArgumentError(f"--remove-fraction must be in (0, 1) (got {options.remove_fraction})")
-        if options.workers < 1:
-            raise ArgumentError(f"--workers must be at least 1 (got {options.workers})")
+        check_workers(options.workers)
         if options.granularity == "sublayer" and options.metric not in ("bi", "random"):
             raise ArgumentError(f"--granularity sublayer supports --metric bi or random, not {options.metric}")
 

@@ -20,6 +20,7 @@ from ..models.adapters.base import Adapter, LinearView
 from ..sparsity import zero_fraction
 from ..surgery.lowrank import Spectrum, factor, install, kept_rank, record_factored
 from ..errors import ArgumentError
+from ..parallel import check_workers
 from .base import Method, WorkerOptions, register
 
 SELECTIONS = ("all", "top-k-condition")
@@ -63,8 +64,7 @@ class SvdClip(Method):
             raise ArgumentError(f"--top-k must be at least 1 (got {options.top_k})")
         if options.deeper_half and options.select != "top-k-condition":
             raise ArgumentError("--deeper-half narrows --select top-k-condition; give both or neither")
-        if options.workers < 1:
-            raise ArgumentError(f"--workers must be at least 1 (got {options.workers})")
+        check_workers(options.workers)
         if options.workers > 1 and options.factored:
             raise ArgumentError("--factored installs new modules into the model, which a worker's layer copy cannot "
                                 "hand back: use --workers 1")
