@@ -51,13 +51,8 @@ def layer_io_statistics(loaded: LoadedModel, calib_ids: torch.Tensor, *, batch_s
             parts = [future.result() for future in futures]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    cos_sum = torch.zeros(len(layer_names), dtype=torch.float64)
-    tokens = torch.zeros(len(layer_names), dtype=torch.float64)
-    for batch_cos, batch_tokens, _ in parts:
-        for row, count in zip(batch_cos, batch_tokens):
-            cos_sum += row
-            tokens += count
-    cos_mean = cos_sum / tokens
+    # the per-batch rows of every part, in window order: one tensor, whatever the split
+    cos_mean = torch.cat([part[0] for part in parts]).sum(0) / torch.cat([part[1] for part in parts]).sum(0)
     last = torch.cat([part[2] for part in parts])
     return {"bi": (1 - cos_mean).float(), "cos_mean": cos_mean.float(), "last_token": last}
 
