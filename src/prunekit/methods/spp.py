@@ -63,7 +63,8 @@ class SPPOptions:
     lbi_alpha: float | None = field(default=None, metadata={"help": "SPP: step size α (default 1/(L + 1/ν) per layer)"})
     lbi_momentum: float = field(default=0.9, metadata={"help": "SPP: heavy-ball momentum on the mask gradient (default 0.9)"})
     lbi_iterations: int = field(default=2000, metadata={
-        "help": "SPP: the fewest Bregman steps per layer; more where the layer's curvature needs a smaller α (default 2000)"})
+        "help": "SPP: the horizon is cut into at least this many Bregman steps (more where the layer's curvature "
+                "needs a smaller α; a run stops early once every unit has entered) (default 2000)"})
     lbi_horizon: float | None = field(default=None, metadata={
         "help": "SPP: the path time t = steps × α every layer covers, so entries compare across layers (default 80·ν)"})
     ria_power: float = field(default=1.0, metadata={
