@@ -40,9 +40,11 @@ from common import copy_model, RESULTS, SHARED_MODELS, load_results, markdown_ta
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5)
 BASELINES = ("element1", "ria")
 # 2: every layer covers the same path time (80 ν), entry times interpolated within a step
-LBI_VERSION = 2
+# 3: both of a head's thresholds from the whole head's RIA score (--head-score head)
+LBI_VERSION = 3
 SENSITIVITY = {"kappa=0.5": {"lbi_kappa": 0.5}, "kappa=2": {"lbi_kappa": 2.0}, "nu=30": {"lbi_nu": 30.0},
-               "nu=300": {"lbi_nu": 300.0}, "ria_power=0": {"ria_power": 0.0}}
+               "nu=300": {"lbi_nu": 300.0}, "ria_power=0": {"ria_power": 0.0}, "ria_power=2": {"ria_power": 2.0},
+               "head_score=pair": {"head_score": "pair"}}
 
 
 

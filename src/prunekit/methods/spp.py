@@ -22,7 +22,10 @@ What exactly runs (the paper leaves the LLM coupling open; these are our choices
 - **RIA coupling.** A unit's sparsity penalty is weighted by its normalised RIA group score
   ``ŝ = s / mean(s)`` (RIA summed over the unit's members, per layer and mask kind): the shrink
   threshold is ``τ = ŝ^(−ria_power)``, so units RIA rates high need less accumulated evidence to
-  enter (an adaptive-lasso weighting). ``--ria-power 0`` is the plain iteration.
+  enter (an adaptive-lasso weighting). ``--ria-power 0`` is the plain iteration. A head's two
+  pairs both take the whole head's score (all q/k/v/o members, as RIA's group pruning ranks
+  heads) by default: the VO pair decides the head's entry, and a VO-only score ignored the
+  query/key evidence RIA uses (``--head-score pair`` keeps per-pair scores).
 - **Reading the path.** A head's entry is its VO pair's entry — a head with zero VO contributes
   nothing and can be removed whole, while a head with only its QK pair at zero still contributes
   (uniform attention) and cannot; QK entries are recorded in ``path.json``. Units that have not
@@ -69,6 +72,9 @@ class SPPOptions:
         "help": "SPP: the path time t = steps × α every layer covers, so entries compare across layers (default 80·ν)"})
     ria_power: float = field(default=1.0, metadata={
         "help": "SPP: shrink threshold τ = (RIA group score / mean)^-power; 0 = plain iteration (default 1)"})
+    head_score: str = field(default="head", metadata={"choices": ("head", "pair"), "help": (
+        "SPP: the RIA score behind a head's thresholds: 'head' sums all its q/k/v/o members (RIA's group score) for "
+        "both pairs, 'pair' scores the QK and VO pairs from their own members (default head)")})
 
 
 def pair_scores(group: UnitGroup, sqnorms: dict[str, torch.Tensor], roles: tuple[str, ...] | None) -> torch.Tensor:
@@ -188,8 +194,11 @@ class SPP(WidthMethod):
             record: dict = {}
             if "heads" in groups:
                 group = groups["heads"]
-                tau_vo = thresholds(pair_scores(group, sqnorms, VO_ROLES), opts.ria_power)
-                tau_qk = thresholds(pair_scores(group, sqnorms, QK_ROLES), opts.ria_power)
+                if opts.head_score == "head":
+                    tau_vo = tau_qk = thresholds(pair_scores(group, sqnorms, None), opts.ria_power)
+                else:
+                    tau_vo = thresholds(pair_scores(group, sqnorms, VO_ROLES), opts.ria_power)
+                    tau_qk = thresholds(pair_scores(group, sqnorms, QK_ROLES), opts.ria_power)
                 result = head_path(quads["heads"], tau_vo, tau_qk, settings)
                 units = group.units
                 entry = _entry_record(result, group, slice(0, units))
@@ -208,7 +217,8 @@ class SPP(WidthMethod):
                          layers=layers, progress=progress)
         return {"format": FORMAT, "model": {k: loaded.source.get(k) for k in ("model", "resolved", "gguf_file")},
                 "fingerprint": stamp, "kinds": self.kinds, "head_grouping": opts.head_grouping,
-                "global_ranking": opts.global_ranking, "settings": {**vars(settings), "horizon": settings.time_horizon}, "ria_power": opts.ria_power,
+                "global_ranking": opts.global_ranking, "settings": {**vars(settings), "horizon": settings.time_horizon},
+                "ria_power": opts.ria_power, "head_score": opts.head_score,
                 "coupling": "threshold tau = (RIA group score / layer mean)^-ria_power; head entry = VO-pair entry",
                 "calibration_tokens": int(calib_ids.numel()), "search_seconds": round(time.perf_counter() - started, 3),
                 "layers": {str(index): record for index, record, _ in walk}}
