@@ -77,8 +77,12 @@ def baseline_prune(dense: LoadedModel, level: float, importance: str, calibratio
     return lm, step, time.perf_counter() - started
 
 
+MIX_LEVELS = (0.3, 0.5)
+
+
 def mixed_cuts(dense: LoadedModel, path: dict, calibration, ppl) -> dict:
-    """Cut at 30% with one kind ranked by SPP and the other by the RIA group score."""
+    """Cuts at MIX_LEVELS with one kind ranked by SPP and the other by the RIA group score: which kind
+    a gap to RIA comes from."""
     import torch
 
     from prunekit.data.windows import calibration_windows
@@ -101,15 +105,16 @@ def mixed_cuts(dense: LoadedModel, path: dict, calibration, ppl) -> dict:
                         & set(torch.argsort(theirs, descending=True)[:keep].tolist()))
             total += keep
         agreement[kind] = same / total
-    out = {"kept_agreement_at_0.3": agreement}
+    out: dict = {"kept_agreement_at_0.3": agreement}
     for label, replaced in (("spp heads + ria channels", "channels"), ("ria heads + spp channels", "heads")):
         mixed = copy.deepcopy(path)
         for i in layers:  # higher RIA score = earlier entry
             mixed["layers"][str(i)][replaced]["entry_time"] = (-ria[(i, replaced)]).tolist()
-        lm = copy_model(dense)
-        materialize(lm, mixed, 0.3)
-        out[label] = ppl(lm)
-        print(label, round(out[label], 2), flush=True)
+        for level in MIX_LEVELS:
+            lm = copy_model(dense)
+            materialize(lm, mixed, level)
+            out.setdefault(f"{level}", {})[label] = ppl(lm)
+            print(level, label, round(out[f"{level}"][label], 2), flush=True)
     return out
 
 
@@ -202,7 +207,7 @@ def main() -> None:
                                   "search_seconds": seconds}
             store_results(results_file, results)
 
-        if "mix" in parts and "mix" not in entry and path is not None:
+        if "mix" in parts and any(f"{lv}" not in entry.get("mix", {}) for lv in MIX_LEVELS) and path is not None:
             entry["mix"] = mixed_cuts(dense, path, calibration(), ppl)
             store_results(results_file, results)
 
@@ -254,7 +259,8 @@ def write_outputs(results: dict) -> None:
                      f"test; calibration {s['nsamples']} × {s['calib_seqlen']} C4 tokens for SPP and RIA, LLM-Pruner's "
                      "own 10 × 64 PG19 tokens for element1; layers "
                      "4–27 of 30 pruned, heads by KV group (3 per layer), the same number of heads and channels "
-                     f"removed per layer by each approach; SPP κ=1, ν=100, momentum 0.9, RIA threshold coupling, "
+                     f"removed per layer by each approach; SPP κ=1, ν=100, momentum 0.9, RIA threshold coupling (a head's "
+                     "thresholds from its whole-head score), "
                      f"at least {entry.get('spp_settings', s).get('iterations')} Bregman steps per layer over the "
                      "same path time (80 ν) in every layer.\n")
         if "stability" in entry:
@@ -263,9 +269,11 @@ def write_outputs(results: dict) -> None:
                          f"30% are kept by both ({', '.join(f'{k} {v:.3f}' for k, v in st['by_kind'].items())}).\n")
         if "mix" in entry:
             mix = entry["mix"]
-            lines.append(f"**Which part differs** at 30%: SPP heads + RIA channels {mix['spp heads + ria channels']:.2f}, "
-                         f"RIA heads + SPP channels {mix['ria heads + spp channels']:.2f}; kept-set agreement of SPP "
-                         "and RIA: " + ", ".join(f"{k} {v:.3f}" for k, v in mix["kept_agreement_at_0.3"].items()) + ".\n")
+            cuts = "; ".join(f"at {float(lv):.0%}: SPP heads + RIA channels {mix[lv]['spp heads + ria channels']:.2f}, "
+                             f"RIA heads + SPP channels {mix[lv]['ria heads + spp channels']:.2f}"
+                             for lv in (f"{lv}" for lv in MIX_LEVELS) if lv in mix)
+            lines.append(f"**Which part differs** {cuts}; kept-set agreement of SPP and RIA at 30%: "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in mix["kept_agreement_at_0.3"].items()) + ".\n")
         if entry.get("sensitivity"):
             sens = entry["sensitivity"]
             rows = [[label, f"{v['ppl']:.2f}", f"{v['overlap_with_default']:.3f}" if v.get("overlap_with_default") is not None else "1"]

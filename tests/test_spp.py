@@ -134,6 +134,7 @@ def test_one_search_materialises_every_sparsity(tiny_model_dir, tmp_path):
     assert (out / "path.json").is_file() and (out / "path.png").is_file()
     path = read_path(out)
     assert path["fingerprint"]["num_layers"] == 2 and set(path["layers"]) == {"0", "1"}
+    assert path["head_score"] == "head"  # both of a head's thresholds from its whole-head RIA score
     plain = AutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(_logits(plain), _logits(lm.model), rtol=0, atol=0)
 
