@@ -1,8 +1,12 @@
 """Depth pruning on every shared model: BI profiles, removal-order overlap, perplexity vs layers
 removed per metric, and the speed/size of a model with ~25% of its layers removed.
 
-Run:  python benchmarks/depth.py [--nsamples 32] [--calib-seqlen 2048] [--eval-windows 16] [--parts bi,sweep,speed]
-      [--ppl-nsamples 8] [--ppl-seqlen 256]
+Run:  python benchmarks/depth.py [--nsamples 32] [--calib-seqlen 2048] [--eval-windows 16]
+      [--parts bi,sweep,seeds,speed] [--ppl-nsamples 8] [--ppl-seqlen 256] [--seed-counts 1,2,4]
+
+``seeds`` draws the random baseline again with seeds 1-4 at the ``--seed-counts`` removal counts:
+one draw (the sweep's ``random`` column, seed 0) can land on the layers BI would pick, so the
+table also gives the mean, min and max of the five draws.
 Writes benchmarks/results/depth.json, depth.md, depth_bi.png and depth_sweep.png. Finished parts
 are kept in the JSON and skipped on the next run.
 """
@@ -10,6 +14,7 @@ are kept in the JSON and skipped on the next run.
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
@@ -23,6 +28,7 @@ from prunekit.recipe import CalibrationSettings
 from common import copy_model, RESULTS, SHARED_MODELS, checkpoint_mb, load_results, markdown_table, store_results, timings
 
 METRICS = ("bi", "angular", "ppl", "reverse", "random")
+EXTRA_RANDOM_SEEDS = (1, 2, 3, 4)  # seed 0 is the sweep's own random column
 
 
 def counts_for(depth: int) -> list[int]:
@@ -65,12 +71,21 @@ def removal_sets(base, entry: dict, calib: dict, args, depth: int) -> dict:
         start = int(torch.argmin(angular_distances(stats["last_token"], count)))
         return list(range(start, start + count))
 
-    def planned(metric: str):
-        return lambda count: ShortGPT(None, ShortGPT.parse_options({"remove_layers": count, "metric": metric})).plan(
-            base, None, batch_size=1, progress=False)["remove"]
-
     return {"bi": lambda n: bi_order[:n], "angular": angular, "ppl": lambda n: greedy_order[:n],
-            "reverse": planned("reverse"), "random": planned("random")}
+            "reverse": planned(base, "reverse"), "random": planned(base, "random")}
+
+
+def planned(base, metric: str, **options):
+    """count -> the layers ShortGPT's own plan removes for a data-free metric (reverse, random)."""
+    return lambda count: ShortGPT(None, ShortGPT.parse_options({"remove_layers": count, "metric": metric, **options})).plan(
+        base, None, batch_size=1, progress=False)["remove"]
+
+
+def removal_ppl(model_dir, remove: list[int], windows) -> tuple[float, list[int]]:
+    """Perplexity after removing ``remove`` through ``shortgpt --layers`` (the same code for every point)."""
+    lm = prunekit.load(model_dir)
+    record = prunekit.prune(lm, "shortgpt", layers=",".join(map(str, remove)), progress=False)
+    return perplexity(lm.model, windows, progress=False)["ppl"], record["depth"]["remove"]
 
 
 
@@ -80,7 +95,8 @@ def main() -> None:
     parser.add_argument("--calib-seqlen", type=int, default=2048)
     parser.add_argument("--eval-windows", type=int, default=16, help="WikiText-2 windows per sweep point")
     parser.add_argument("--eval-seqlen", type=int, default=2048)
-    parser.add_argument("--parts", default="bi,sweep,speed")
+    parser.add_argument("--parts", default="bi,sweep,seeds,speed")
+    parser.add_argument("--seed-counts", default="1,2,4", help="removal counts at which the random baseline is redrawn")
     parser.add_argument("--ppl-nsamples", type=int, default=8, help="calibration windows of the greedy ppl metric")
     parser.add_argument("--ppl-seqlen", type=int, default=256, help="their length (the greedy search runs ~230 evaluations)")
     args = parser.parse_args()
@@ -111,13 +127,21 @@ def main() -> None:
                     point = sweep.setdefault(str(count), {})
                     if metric in point:
                         continue
-                    lm = prunekit.load(model_dir)
-                    remove = orders[metric](count)
-                    record = prunekit.prune(lm, "shortgpt", layers=",".join(map(str, remove)), progress=False)
-                    point[metric] = perplexity(lm.model, windows, progress=False)["ppl"]
-                    point[f"{metric}_removed"] = record["depth"]["remove"]
+                    point[metric], point[f"{metric}_removed"] = removal_ppl(model_dir, orders[metric](count), windows)
                     store_results(path, results)
                     print(name, count, metric, point[metric], flush=True)
+        if "seeds" in parts:
+            counts = [c for c in counts_for(depth) if str(c) in args.seed_counts.split(",")]
+            for seed in EXTRA_RANDOM_SEEDS:
+                draw = planned(base, "random", random_seed=seed)
+                for count in counts:
+                    point = entry.setdefault("sweep", {}).setdefault(str(count), {})
+                    key = f"random_seed{seed}"
+                    if key in point:
+                        continue
+                    point[key], point[f"{key}_removed"] = removal_ppl(model_dir, draw(count), windows)
+                    store_results(path, results)
+                    print(name, count, key, point[key], flush=True)
         if "speed" in parts and "speed" not in entry:
             count = round(0.25 * depth)
             lm = prunekit.load(model_dir)
@@ -140,8 +164,6 @@ def alternating_timings(dense, pruned) -> dict:
     """Dense and pruned timed in turns, ``SPEED_ROUNDS`` rounds, the median of each: on this shared
     machine the speed drifts over minutes, and timing one model after the other put the drift into
     the comparison (one sequential run showed no prefill gain; in turns it is ~20%)."""
-    import statistics
-
     rounds = {"dense": [], "pruned": []}
     for _ in range(SPEED_ROUNDS):
         for label, lm in (("dense", dense), ("pruned", pruned)):
@@ -169,9 +191,12 @@ def write_outputs(results: dict, args) -> None:
                      xlabel="decoder layer", ylabel="BI", highlight=entry["bi"]["pg19"]["order"][: round(0.25 * entry["layers"])])
         if "sweep" in entry:
             counts = sorted((int(c) for c in entry["sweep"] if c != "0"))
-            rows = [[str(c)] + [f"{entry['sweep'][str(c)].get(m, float('nan')):.2f}" for m in METRICS] for c in counts]
+            rows = [[str(c)] + [f"{entry['sweep'][str(c)].get(m, float('nan')):.2f}" for m in METRICS]
+                    + [random_draws(entry["sweep"][str(c)])] for c in counts]
             lines.append(f"### {name}: WikiText-2 perplexity after removing n layers (dense {entry['sweep']['0']['dense']:.2f})\n")
-            lines.append(markdown_table(["n"] + list(METRICS), rows))
+            lines.append(markdown_table(["n"] + list(METRICS) + ["random, 5 seeds: mean (min–max)"], rows))
+            lines.append("`random` is seed 0; the last column adds seeds " + ", ".join(map(str, EXTRA_RANDOM_SEEDS))
+                         + " where they were drawn (`--parts seeds`).\n")
             _sweep_plot(entry, counts, name)
         if "speed" in entry:
             d, p = entry["speed"]["dense"], entry["speed"]["pruned"]
@@ -183,6 +208,19 @@ def write_outputs(results: dict, args) -> None:
     print("\n".join(lines))
 
 
+def random_values(point: dict) -> list:
+    """The random baseline's perplexity for seed 0 and each extra seed (None where not drawn)."""
+    return [point.get("random")] + [point.get(f"random_seed{s}") for s in EXTRA_RANDOM_SEEDS]
+
+
+def random_draws(point: dict) -> str:
+    """Mean (min–max) of the random baseline over seed 0 and the extra seeds, when all were drawn."""
+    values = random_values(point)
+    if any(v is None for v in values):
+        return "–"
+    return f"{statistics.mean(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
 def _sweep_plot(entry: dict, counts: list[int], name: str) -> None:
     import matplotlib
 
@@ -192,6 +230,10 @@ def _sweep_plot(entry: dict, counts: list[int], name: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for metric in METRICS:
         ax.plot(counts, [entry["sweep"][str(c)].get(metric, float("nan")) for c in counts], marker="o", label=metric)
+    drawn = [c for c in counts if random_draws(entry["sweep"][str(c)]) != "–"]
+    if drawn:
+        means = [statistics.mean(random_values(entry["sweep"][str(c)])) for c in drawn]
+        ax.plot(drawn, means, marker="x", linestyle=":", color="grey", label="random, 5-seed mean")
     ax.axhline(entry["sweep"]["0"]["dense"], color="grey", linestyle="--", label="dense")
     ax.set_yscale("log")
     ax.set_xlabel("layers removed")
