@@ -11,6 +11,8 @@ Parts (finished entries are kept in the JSON and skipped on the next run):
   of the cut differs in quality), and the kept-set agreement of SPP and RIA per kind.
 - ``close``: the level where SPP and RIA come closest (10%: channels only) on 4× the WikiText-2
   windows and on C4 validation windows, to tell a real gap from the noise of 8 windows.
+- ``variants``: other couplings cut at every level (WikiText-2), and on C4 validation windows at
+  10% and 30% (the numbers a choice between them may look at).
 - ``timing``: prune-only seconds of each per-sparsity baseline run (the wall-time comparison).
 - ``sensitivity``: perplexity at 30% for κ ∈ {0.5, 1, 2} (ν=100) and ν ∈ {30, 100, 300, 1000} (κ=1), the
   plain iteration (``--ria-power 0``) as an ablation of the RIA coupling, ``--ria-power 2`` and
@@ -54,6 +56,7 @@ DEFAULTS = {3: "κ=1, ν=100, RIA-weighted thresholds (ria_power=1, head_score=h
 SENSITIVITY = {"kappa=0.5": {"lbi_kappa": 0.5}, "kappa=2": {"lbi_kappa": 2.0}, "nu=30": {"lbi_nu": 30.0},
                "nu=300": {"lbi_nu": 300.0}, "ria_power=0.5": {"ria_power": 0.5}, "ria_power=1": {"ria_power": 1.0}}
 DEFAULT_LABEL = "default"
+VARIANTS = {"RIA-weighted channels, plain heads": {"ria_power": 1.0, "ria_units": "channels"}}
 
 
 
@@ -130,7 +133,7 @@ def mixed_cuts(dense: LoadedModel, path: dict, calibration, ppl) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--parts", default="compare,timing,stability,mix,close,sensitivity")
+    parser.add_argument("--parts", default="compare,timing,stability,mix,close,variants,sensitivity")
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--eval-seqlen", type=int, default=2048)
     parser.add_argument("--nsamples", type=int, default=32)
@@ -154,7 +157,7 @@ def main() -> None:
         if entry.get("spp_settings") != spp_settings:
             if entry.get("sensitivity") and "spp_settings" in entry:  # kept: it is what chose the new default
                 entry.setdefault("earlier_sensitivity", {})[str(entry["spp_settings"]["lbi"])] = entry.pop("sensitivity")
-            for key in ("search_seconds", "stability", "mix", "sensitivity", "close_look"):
+            for key in ("search_seconds", "stability", "mix", "sensitivity", "close_look", "variants"):
                 entry.pop(key, None)
             for row in entry.get("levels", {}).values():
                 row.pop("spp", None)
@@ -237,6 +240,27 @@ def main() -> None:
             entry["close_look"] = look
             store_results(results_file, results)
 
+        if "variants" in parts:
+            variants = entry.setdefault("variants", {})
+            for label, options in VARIANTS.items():
+                if label in variants:
+                    continue
+                other_path, seconds = _search(dense, calibration(), args.iterations, **options)
+                row = {"options": options, "search_seconds": seconds, "levels": {}, "c4": {}}
+                for level in LEVELS:
+                    lm = copy_model(dense)
+                    materialize(lm, other_path, level)
+                    row["levels"][f"{level}"] = ppl(lm)
+                    if level in (0.1, 0.3):
+                        row["c4"][f"{level}"] = c4_ppl(lm)
+                    print(name, label, level, round(row["levels"][f"{level}"], 2), flush=True)
+                variants[label] = row
+                store_results(results_file, results)
+            if "ria_c4_ppl_at_0.1" not in entry:
+                entry["ria_c4_ppl_at_0.1"] = entry.get("close_look", {}).get("ria", {}).get("c4") or \
+                    c4_ppl(baseline_prune(dense, 0.1, "ria", calibration())[0])
+                store_results(results_file, results)
+
         if "sensitivity" in parts:
             sens = entry.setdefault("sensitivity", {})
             if DEFAULT_LABEL not in sens and "levels" in entry and path is not None:
@@ -295,6 +319,20 @@ def write_outputs(results: dict) -> None:
                      f"{DEFAULTS.get(entry.get('spp_settings', {}).get('lbi'), '')}, momentum 0.9, "
                      f"at least {entry.get('spp_settings', s).get('iterations')} Bregman steps per layer over the "
                      "same path time (80 ν) in every layer.\n")
+        if entry.get("variants"):
+            header = ["coupling"] + [f"{lv:.0%}" for lv in LEVELS] + ["C4 at 10%", "C4 at 30%"]
+            rows = [["default (" + DEFAULTS.get(entry["spp_settings"]["lbi"], "") + ")"]
+                    + [f"{levels[f'{lv}']['spp']['ppl']:.2f}" for lv in LEVELS]
+                    + [f"{entry['close_look']['spp']['c4']:.2f}" if "close_look" in entry else "–",
+                       f"{entry['sensitivity'][DEFAULT_LABEL]['c4_ppl']:.2f}" if DEFAULT_LABEL in entry.get("sensitivity", {}) else "–"]]
+            rows += [[label] + [f"{v['levels'][f'{lv}']:.2f}" for lv in LEVELS] + [f"{v['c4'].get('0.1', float('nan')):.2f}",
+                                                                                   f"{v['c4'].get('0.3', float('nan')):.2f}"]
+                     for label, v in entry["variants"].items()]
+            rows.append(["RIA group score (per level)"] + [f"{levels[f'{lv}']['ria']['ppl']:.2f}" for lv in LEVELS]
+                        + [f"{entry['ria_c4_ppl_at_0.1']:.2f}" if "ria_c4_ppl_at_0.1" in entry else "–",
+                           f"{entry['ria_c4_ppl_at_0.3']:.2f}" if "ria_c4_ppl_at_0.3" in entry else "–"])
+            lines.append("**Couplings** (`--parts variants`; WikiText-2 at every level, C4 validation at 10% and 30%):\n")
+            lines.append(markdown_table(header, rows))
         if "close_look" in entry:
             look = entry["close_look"]
             lines.append(f"**A closer look at {look['level']:.0%}**: WikiText-2 on the first {look['wikitext2_windows']} "

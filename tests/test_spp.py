@@ -153,6 +153,23 @@ def test_one_search_materialises_every_sparsity(tiny_model_dir, tmp_path):
             assert units <= kept[lower, index, kind], (sparsity, lower, index, kind)
 
 
+def test_ria_weighting_applies_to_the_named_unit_kinds_only(tiny_model_dir):
+    """--ria-units channels: heads follow the plain path, channels the RIA-weighted one, exactly."""
+    model_dir = tiny_model_dir("llama")
+
+    def path(**options):
+        lm = prunekit.load(model_dir)
+        prunekit.prune(lm, "spp", ratio=0.25, calibration=FAST, progress=False, layer_range="0:2", **QUICK, **options)
+        return lm.artifacts["spp_path"].path["layers"]
+
+    plain, weighted, channels_only = path(), path(ria_power=1.0), path(ria_power=1.0, ria_units="channels")
+    for layer in plain:
+        assert channels_only[layer]["heads"]["entry_time"] == plain[layer]["heads"]["entry_time"]
+        assert channels_only[layer]["channels"]["entry_time"] == weighted[layer]["channels"]["entry_time"]
+        assert weighted[layer]["channels"]["entry_time"] != plain[layer]["channels"]["entry_time"]
+        assert weighted[layer]["heads"]["entry_time"] != plain[layer]["heads"]["entry_time"]
+
+
 def test_cli_materialize_and_bad_input(tiny_model_dir, tmp_path, capsys):
     model_dir = tiny_model_dir("llama")
     run = tmp_path / "run"
@@ -187,7 +204,8 @@ def test_cli_materialize_and_bad_input(tiny_model_dir, tmp_path, capsys):
     with pytest.raises(DataError, match="not an SPP path"):
         read_path(tmp_path / "junk.json")
     for options, message in [({}, "--ratio"), ({"ratio": 0.3, "lbi_nu": 0}, "--lbi-nu"),
-                             ({"ratio": 0.3, "lbi_momentum": 1.0}, "--lbi-momentum"), ({"ratio": 0.3, "units": "rows"}, "--units")]:
+                             ({"ratio": 0.3, "lbi_momentum": 1.0}, "--lbi-momentum"), ({"ratio": 0.3, "units": "rows"}, "--units"),
+                             ({"ratio": 0.3, "ria_units": "rows"}, "--ria-units")]:
         with pytest.raises(ArgumentError, match=message):
             prunekit.prune(prunekit.load(model_dir), "spp", progress=False, **options)
 

@@ -24,7 +24,8 @@ What exactly runs (the paper leaves the LLM coupling open; these are our choices
   and mask kind): the shrink threshold is ``τ = ŝ^(−ria_power)``, so units RIA rates high need
   less accumulated evidence to enter (an adaptive-lasso weighting). A head's two pairs both take
   the whole head's score (all q/k/v/o members, as RIA's group pruning ranks heads) with
-  ``--head-score head``; ``pair`` scores each pair from its own members. The default is the plain
+  ``--head-score head``; ``pair`` scores each pair from its own members; ``--ria-units`` names the
+  unit kinds the weighting applies to (the others keep τ = 1). The default is the plain
   iteration (``--ria-power 0``, every τ = 1), chosen on C4 validation windows on SmolLM2-135M: its
   30% cut scored perplexity 96.6 there against 153.6 with ``--ria-power 1`` and 148.3 for RIA group
   scoring alone; the weights moved few units (99% of the kept set is shared), but enough of the
@@ -75,6 +76,8 @@ class SPPOptions:
         "help": "SPP: the path time t = steps × α every layer covers, so entries compare across layers (default 80·ν)"})
     ria_power: float = field(default=0.0, metadata={
         "help": "SPP: shrink threshold τ = (RIA group score / mean)^-power; 0 = plain iteration (default 0)"})
+    ria_units: str = field(default="heads,channels", metadata={
+        "help": "SPP: the unit kinds whose thresholds --ria-power weights: heads and/or channels (default both)"})
     head_score: str = field(default="head", metadata={"choices": ("head", "pair"), "help": (
         "SPP: the RIA score behind a head's thresholds: 'head' sums all its q/k/v/o members (RIA's group score) for "
         "both pairs, 'pair' scores the QK and VO pairs from their own members (default head)")})
@@ -161,10 +164,18 @@ class SPP(WidthMethod):
             raise ArgumentError(f"--lbi-horizon must be > 0 (got {options.lbi_horizon})")
         if options.ria_power < 0:
             raise ArgumentError(f"--ria-power must be >= 0 (got {options.ria_power})")
+        weighted = [k.strip() for k in options.ria_units.split(",") if k.strip()]
+        if not weighted or any(k not in KINDS for k in weighted):
+            raise ArgumentError(f"--ria-units must name heads and/or channels, got '{options.ria_units}'")
 
     @property
     def kinds(self) -> list[str]:
         return [k for k in KINDS if k in self.options.units]
+
+    def ria_power_for(self, kind: str) -> float:
+        """The RIA weighting power of one unit kind's thresholds (0: the plain iteration for that kind)."""
+        weighted = {k.strip() for k in self.options.ria_units.split(",")}
+        return self.options.ria_power if kind in weighted else 0.0
 
     @property
     def settings(self) -> LBISettings:
@@ -197,11 +208,12 @@ class SPP(WidthMethod):
             record: dict = {}
             if "heads" in groups:
                 group = groups["heads"]
+                power = self.ria_power_for("heads")
                 if opts.head_score == "head":
-                    tau_vo = tau_qk = thresholds(pair_scores(group, sqnorms, None), opts.ria_power)
+                    tau_vo = tau_qk = thresholds(pair_scores(group, sqnorms, None), power)
                 else:
-                    tau_vo = thresholds(pair_scores(group, sqnorms, VO_ROLES), opts.ria_power)
-                    tau_qk = thresholds(pair_scores(group, sqnorms, QK_ROLES), opts.ria_power)
+                    tau_vo = thresholds(pair_scores(group, sqnorms, VO_ROLES), power)
+                    tau_qk = thresholds(pair_scores(group, sqnorms, QK_ROLES), power)
                 result = head_path(quads["heads"], tau_vo, tau_qk, settings)
                 units = group.units
                 entry = _entry_record(result, group, slice(0, units))
@@ -210,7 +222,7 @@ class SPP(WidthMethod):
                 record["heads"] = entry
             if "channels" in groups:
                 group = groups["channels"]
-                tau = thresholds(pair_scores(group, sqnorms, None), opts.ria_power)
+                tau = thresholds(pair_scores(group, sqnorms, None), self.ria_power_for("channels"))
                 result = channel_path(quads["channels"], tau, settings)
                 record["channels"] = _entry_record(result, group)
             return record
@@ -221,9 +233,9 @@ class SPP(WidthMethod):
         return {"format": FORMAT, "model": {k: loaded.source.get(k) for k in ("model", "resolved", "gguf_file")},
                 "fingerprint": stamp, "kinds": self.kinds, "head_grouping": opts.head_grouping,
                 "global_ranking": opts.global_ranking, "settings": {**vars(settings), "horizon": settings.time_horizon},
-                "ria_power": opts.ria_power, "head_score": opts.head_score,
-                "coupling": ("threshold tau = (RIA group score / layer mean)^-ria_power" if opts.ria_power else
-                             "plain iteration: every threshold tau = 1") + "; head entry = VO-pair entry",
+                "ria_power": opts.ria_power, "ria_units": opts.ria_units, "head_score": opts.head_score,
+                "coupling": (f"threshold tau = (RIA group score / layer mean)^-ria_power for {opts.ria_units}, 1 otherwise"
+                             if opts.ria_power else "plain iteration: every threshold tau = 1") + "; head entry = VO-pair entry",
                 "calibration_tokens": int(calib_ids.numel()), "search_seconds": round(time.perf_counter() - started, 3),
                 "layers": {str(index): record for index, record, _ in walk}}
 
