@@ -41,6 +41,14 @@ AGGREGATES = ("sum", "mean", "max", "prod", "last")
 KINDS = ("heads", "channels")
 
 
+def parse_unit_kinds(text: str, flag: str) -> list[str]:
+    """The unit kinds a comma list names, in KINDS order; one clear error naming ``flag`` otherwise."""
+    named = [k.strip() for k in text.split(",") if k.strip()]
+    if not named or any(k not in KINDS for k in named):
+        raise ArgumentError(f"{flag} must name heads and/or channels, got '{text}'")
+    return [k for k in KINDS if k in named]
+
+
 @dataclass
 class LLMPrunerOptions:
     ratio: float | None = field(default=None, metadata={
@@ -177,13 +185,11 @@ class LLMPruner(WidthMethod):
             raise ArgumentError(f"--ratio must be in [0, 1) (got {options.ratio})")
         if options.param_ratio is not None and not 0 < options.param_ratio < 1:
             raise ArgumentError(f"--param-ratio must be in (0, 1) (got {options.param_ratio})")
-        kinds = [k.strip() for k in options.units.split(",") if k.strip()]
-        if not kinds or any(k not in KINDS for k in kinds):
-            raise ArgumentError(f"--units must name heads and/or channels, got '{options.units}'")
+        parse_unit_kinds(options.units, "--units")
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k in KINDS if k in self.options.units]
+        return parse_unit_kinds(self.options.units, "--units")
 
     def prune_width(self, loaded, calib_ids, *, progress: bool) -> dict:
         adapter = loaded.adapter

@@ -50,7 +50,7 @@ from ..errors import ArgumentError
 from ..lbi import LBISettings, PathResult, largest_eigenvalue, linearized_bregman
 from ..models.adapters.units import UnitGroup
 from .base import WidthMethod, register
-from .llm_pruner import KINDS, member_scores, parse_layer_range
+from .llm_pruner import member_scores, parse_layer_range, parse_unit_kinds
 
 QK_ROLES = ("q", "k")
 VO_ROLES = ("v", "o")
@@ -149,9 +149,7 @@ class SPP(WidthMethod):
     def validate_options(cls, options):
         if options.ratio is None or not 0 <= options.ratio < 1:
             raise ArgumentError(f"--ratio must be given, in [0, 1) (got {options.ratio})")
-        kinds = [k.strip() for k in options.units.split(",") if k.strip()]
-        if not kinds or any(k not in KINDS for k in kinds):
-            raise ArgumentError(f"--units must name heads and/or channels, got '{options.units}'")
+        parse_unit_kinds(options.units, "--units")
         if options.lbi_kappa <= 0 or options.lbi_nu <= 0:
             raise ArgumentError("--lbi-kappa and --lbi-nu must be > 0")
         if options.lbi_alpha is not None and options.lbi_alpha <= 0:
@@ -164,18 +162,15 @@ class SPP(WidthMethod):
             raise ArgumentError(f"--lbi-horizon must be > 0 (got {options.lbi_horizon})")
         if options.ria_power < 0:
             raise ArgumentError(f"--ria-power must be >= 0 (got {options.ria_power})")
-        weighted = [k.strip() for k in options.ria_units.split(",") if k.strip()]
-        if not weighted or any(k not in KINDS for k in weighted):
-            raise ArgumentError(f"--ria-units must name heads and/or channels, got '{options.ria_units}'")
+        parse_unit_kinds(options.ria_units, "--ria-units")
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k in KINDS if k in self.options.units]
+        return parse_unit_kinds(self.options.units, "--units")
 
     def ria_power_for(self, kind: str) -> float:
         """The RIA weighting power of one unit kind's thresholds (0: the plain iteration for that kind)."""
-        weighted = {k.strip() for k in self.options.ria_units.split(",")}
-        return self.options.ria_power if kind in weighted else 0.0
+        return self.options.ria_power if kind in parse_unit_kinds(self.options.ria_units, "--ria-units") else 0.0
 
     @property
     def settings(self) -> LBISettings:
