@@ -80,6 +80,7 @@ def tokenizer(real_float_dir):
 def tiny_model_dir(tmp_path_factory, tokenizer):
     """``tiny_model_dir(family)`` -> a saved random model of that family with the real tokenizer."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     made: dict[str, Path] = {}
 
@@ -88,7 +89,12 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(tiny_config(family))
             path = tmp_path_factory.mktemp(f"tiny-{family}")
-            model.save_pretrained(path)
+            # quiet: the first test to ask for a family may be one that asserts its stderr is one line
+            hf_logging.disable_progress_bar()
+            try:
+                model.save_pretrained(path)
+            finally:
+                hf_logging.enable_progress_bar()
             tokenizer.save_pretrained(path)
             made[family] = path
         return made[family]

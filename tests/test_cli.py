@@ -131,7 +131,8 @@ def test_calibrated_prune_bad_data_and_nan(tiny_model_dir, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_nan_activations_name_the_layer(tiny_model_dir, data_root):
+@pytest.mark.parametrize("method, where", [("sparsegpt", "layer 1"), ("fista", "layers.1.mlp.gate_proj")])
+def test_nan_activations_name_the_layer(tiny_model_dir, data_root, method, where):
     import torch
 
     import prunekit
@@ -141,8 +142,8 @@ def test_nan_activations_name_the_layer(tiny_model_dir, data_root):
     lm = prunekit.load(tiny_model_dir("llama"))
     with torch.no_grad():
         lm.adapter.linears(1)[3].weight[0, 0] = float("nan")  # o_proj of layer 1 -> NaN MLP inputs
-    with pytest.raises(NumericalError, match="layer 1.*not finite"):
-        prunekit.prune(lm, "sparsegpt", sparsity=0.5, progress=False,
+    with pytest.raises(NumericalError, match=f"{where}.*not finite"):
+        prunekit.prune(lm, method, sparsity=0.5, progress=False,
                        calibration=CalibrationSettings(nsamples=2, seqlen=16, batch_size=2))
 
 

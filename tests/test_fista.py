@@ -1,6 +1,7 @@
 """FISTAPruner: the solver's numerics, the λ search, exact targets, correction modes."""
 
 import importlib.util
+import logging
 
 import pytest
 import torch
@@ -70,6 +71,20 @@ def test_solve_hits_target_and_beats_its_warm_start(target):
         assert bool(((new == 0).sum(1) >= 16).all())
     assert report["objective_final"] <= report["objective_warm_start"]
     assert problem.smooth(new) == pytest.approx(report["objective_final"], rel=1e-5)
+
+
+def test_unreached_target_warns_names_the_operator_and_still_projects(caplog):
+    """A step budget too small for the tolerance: best λ kept, a warning naming the operator, exact result."""
+    W, stats, _, _ = _random_problem(rows=16, cols=32)
+    options = FistaOptions(bisection_steps=1, sparsity_tolerance=1e-6)
+    with caplog.at_level(logging.WARNING, logger="prunekit.methods.fista"):
+        new, report = solve(W, stats, SparsityTarget(sparsity=0.5), options, where="model.layers.7.mlp.up_proj")
+    assert report["bisection_converged"] is False and report["bisection_steps"] == 1
+    assert "model.layers.7.mlp.up_proj" in caplog.text and "λ search" in caplog.text
+    assert bool(((new == 0).sum(1) >= 16).all())
+    caplog.clear()
+    _, report = solve(W, stats, SparsityTarget(sparsity=0.5), FistaOptions())
+    assert report["bisection_converged"] is True and not caplog.text
 
 
 @pytest.mark.parametrize("correction", ["intra", "none", "intra+inter"])

@@ -16,6 +16,7 @@ and, by default, re-fitted on its support by least squares (row-batched conjugat
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from .wanda import wanda_scores
 from ..parallel import check_workers
 
 WARM_STARTS = ("wanda", "magnitude", "sparsegpt", "dense")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -167,8 +170,14 @@ def warm_start(kind: str, weight: torch.Tensor, stats: PairedStatistics, target:
     return weight.masked_fill(select_mask(scores, target, per_row=True), 0)
 
 
-def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget, options: FistaOptions) -> tuple[torch.Tensor, dict]:
-    """Bisection on λ, projection, optional re-fit; returns ``(new weight, report)``."""
+def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget, options: FistaOptions,
+          where: str = "fista") -> tuple[torch.Tensor, dict]:
+    """Bisection on λ, projection, optional re-fit; returns ``(new weight, report)``.
+
+    A λ search that ends outside ``sparsity_tolerance`` is not an error: the projection still
+    makes the target exact, so the best λ found is used, the report says ``bisection_converged:
+    false`` and a warning names the operator (``where``) so a user can raise the step budget.
+    """
     problem = Problem.from_statistics(weight, stats)
     W = warm_start(options.warm_start, weight, stats, target)
     goal = target.fraction
@@ -195,11 +204,16 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
             lo, s_lo = x, achieved
         else:
             hi, s_hi = x, achieved
-    _, W, lam = best
+    gap, W, lam = best
+    converged = gap <= options.sparsity_tolerance
+    if not converged:
+        log.warning("%s: the λ search ended %.2f points from the target %.2f%% zeros after %d steps; continuing "
+                    "with the best λ %.3g and the exact projection (raise --bisection-steps or --sparsity-tolerance)",
+                    where, 100 * gap, 100 * goal, steps, lam)
     W, used = fista(problem, W, lam, options.final_iterations, options.tol)
     total_iterations += used
-    report.update({"lambda": lam, "bisection_steps": steps, "sparsity_before_projection": zero_fraction(W),
-                   "objective_l1_solution": problem.smooth(W)})
+    report.update({"lambda": lam, "bisection_steps": steps, "bisection_converged": converged,
+                   "sparsity_before_projection": zero_fraction(W), "objective_l1_solution": problem.smooth(W)})
     keep = project(W, target)
     W = W * keep
     if options.refit_iterations:
@@ -233,7 +247,7 @@ class FISTAPruner(Method):
 
     def prune_paired(self, view, dense_weight: torch.Tensor, stats: PairedStatistics) -> dict:
         started = time.perf_counter()
-        new, report = solve(dense_weight, stats, self.target, self.options)
+        new, report = solve(dense_weight, stats, self.target, self.options, where=view.name)
         view.set_weight(new)
         report["sparsity"] = zero_fraction(view.weight)
         report["shape"] = list(view.weight.shape)
