@@ -5,7 +5,7 @@ Each state runs in its own process: load, reset the kernel's resident high-water
 test sets. Results are stored after every state, and finished states are skipped on the next run,
 so the table can be completed over several runs.
 
-Run:  python benchmarks/unstructured.py [--nsamples 128] [--calib-seqlen 512] [--states wanda:0.5,...]
+Run:  python benchmarks/unstructured.py [--nsamples 128] [--calib-seqlen 512] [--states wanda:50%,ria-row:50%,...]
 Writes benchmarks/results/unstructured.json and unstructured.md.
 """
 
@@ -20,7 +20,10 @@ from pathlib import Path
 
 from common import RESULTS, SHARED_MODELS, load_results, markdown_table, store_results
 
-METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "ria")
+METHODS = ("dense", "magnitude", "wanda", "sparsegpt", "ria", "ria-row")
+# Table rows that are a method with non-default options: RIA with Wanda's per-output-row comparison
+# group, which separates RIA's score from its per-matrix threshold when RIA trails Wanda.
+VARIANTS = {"ria-row": ("ria", {"group": "row"})}
 TARGETS = {"50%": {"sparsity": 0.5}, "2:4": {"pattern": "2:4"}}
 DATASETS = ("wikitext2", "ptb")
 
@@ -39,10 +42,11 @@ def run_state(model_dir: str, method: str, target: str, nsamples: int, calib_seq
     lm = prunekit.load(model_dir)
     out: dict = {"method": method, "target": target}
     if method != "dense":
+        registered, options = VARIANTS.get(method, (method, {}))
         Path("/proc/self/clear_refs").write_text("5")
         started = time.perf_counter()
-        record = prunekit.prune(lm, method, calibration=CalibrationSettings(nsamples=nsamples, seqlen=calib_seqlen),
-                                progress=False, **TARGETS[target])
+        record = prunekit.prune(lm, registered, calibration=CalibrationSettings(nsamples=nsamples, seqlen=calib_seqlen),
+                                progress=False, **TARGETS[target], **options)
         out.update({"prune_seconds": round(time.perf_counter() - started, 1), "prune_peak_rss_mb": round(_hwm_mb(), 1),
                     "sparsity": record["sparsity"]["overall"], "calibration": record["calibration"],
                     "mean_recon_error": _mean_error(record)})
@@ -71,7 +75,8 @@ def main() -> None:
         print(json.dumps(run_state(model_dir, method, target, args.nsamples, args.calib_seqlen, list(DATASETS))))
         return
     # the calibration-based states first: dense and magnitude usually come from foundation_ppl.json
-    states = [(m, t) for t in TARGETS for m in METHODS[2:]] + [("dense", "-")] + [("magnitude", t) for t in TARGETS]
+    states = ([(m, t) for t in TARGETS for m in METHODS[2:] if m not in VARIANTS] + [("dense", "-")]
+              + [("magnitude", t) for t in TARGETS] + [(m, "50%") for m in VARIANTS])  # N:M is per row already
     if args.states:
         wanted = set(args.states.split(","))
         states = [s for s in states if f"{s[0]}:{s[1]}" in wanted or s[0] in wanted]
