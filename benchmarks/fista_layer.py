@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from common import SHARED, SHARED_MODELS, markdown_table
 
 
 def main() -> None:
     import prunekit
     import prunekit.methods.fista as F
-    from prunekit.capture.layerwise import _first_layer_inputs, _run_layer
+    from prunekit.capture.layerwise import dense_layer_inputs
     from prunekit.capture.paired import paired_statistics
     from prunekit.data import calibration_windows
     from prunekit.methods.sparsegpt import sparsegpt_prune
@@ -30,11 +28,7 @@ def main() -> None:
 
     lm = prunekit.load(SHARED_MODELS["smollm2-135m"])
     windows = calibration_windows(lm.tokenizer, "c4", nsamples=32, seqlen=512, seed=0, data_root=SHARED / "data")
-    inputs = _first_layer_inputs(lm, windows.ids, 8, False)
-    out = torch.empty_like(inputs.hidden)
-    for index in range(3):
-        _run_layer(lm.adapter.decoder_layers()[index], inputs, out, 8)
-        inputs.hidden, out = out, inputs.hidden
+    inputs = dense_layer_inputs(lm, windows.ids, 3, 8)
     layer = lm.adapter.decoder_layers()[3]
     runs = {"default": F.FistaOptions(), "long": F.FistaOptions(iterations=100, final_iterations=500, refit_iterations=500),
             "from sparsegpt": F.FistaOptions(warm_start="sparsegpt")}

@@ -141,16 +141,12 @@ def test_bad_fista_options(tiny_model_dir):
 @pytest.mark.real_model
 def test_objective_non_increasing_on_a_real_layer(real_lm, data_root):
     """FISTA on the real model's layer-3 up-projection statistics: the objective never rises (tolerance 1e-4)."""
-    from prunekit.capture.layerwise import _first_layer_inputs, _run_layer
+    from prunekit.capture.layerwise import dense_layer_inputs
     from prunekit.capture.paired import paired_statistics
     from prunekit.data import calibration_windows
 
     windows = calibration_windows(real_lm.tokenizer, "c4", nsamples=4, seqlen=128, seed=0, data_root=data_root)
-    inputs = _first_layer_inputs(real_lm, windows.ids, 4, False)
-    out = torch.empty_like(inputs.hidden)
-    for index in range(3):
-        _run_layer(real_lm.adapter.decoder_layers()[index], inputs, out, 4)
-        inputs.hidden, out = out, inputs.hidden
+    inputs = dense_layer_inputs(real_lm, windows.ids, 3, 4)
     layer = real_lm.adapter.decoder_layers()[3]
     view = next(v for v in real_lm.adapter.linears(3) if v.roles == ("up",))
     stats = paired_statistics(layer, layer, view, inputs, inputs, 4)

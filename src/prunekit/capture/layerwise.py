@@ -118,6 +118,17 @@ def _run_layer(layer: torch.nn.Module, inputs: _Inputs, out: torch.Tensor | None
                 out[start : start + size] = result[0] if isinstance(result, tuple) else result
 
 
+def dense_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, index: int, batch_size: int) -> _Inputs:
+    """The inputs decoder layer ``index`` of the (unpruned) model sees on ``calib_ids``: what a
+    diagnostic or a test needs to build one real layer's statistics without a pruning pass."""
+    inputs = _first_layer_inputs(loaded, calib_ids, batch_size, False)
+    out = torch.empty_like(inputs.hidden)
+    for layer in loaded.adapter.decoder_layers()[:index]:
+        _run_layer(layer, inputs, out, batch_size)
+        inputs.hidden, out = out, inputs.hidden
+    return inputs
+
+
 def layerwise(
     loaded: LoadedModel,
     on_layer: Callable[[LayerContext], Any],
