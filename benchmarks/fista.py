@@ -18,6 +18,7 @@ Writes benchmarks/results/fista.json and fista.md.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import json
 import subprocess
 import sys
@@ -81,7 +82,9 @@ def run_state(model_dir: str, method: str, target: str, options: dict, args) -> 
                             "bisection_unconverged": sum(not m.get("bisection_converged", True) for m in layers),
                             "mean_bisection_steps": sum(m["bisection_steps"] for m in layers) / len(layers),
                             "mean_fista_iterations": sum(m["fista_iterations"] for m in layers) / len(layers),
-                            "warm_start_kept": sum(m.get("selected") == "warm start" for m in layers)}
+                            "warm_start_kept": sum(m.get("selected") == "warm start" for m in layers),
+                            "selected": dict(Counter("search step" if m["selected"].startswith("search") else m["selected"]
+                                                     for m in layers))}
     out["weights_sha256"] = _weights_digest(lm)
     if set(options) & TIMING_ONLY:
         return out

@@ -165,19 +165,24 @@ def test_bad_fista_options(tiny_model_dir):
         prunekit.prune(lm, "fista", sparsity=0.5, correction="inter", progress=False)
 
 
-@pytest.mark.real_model
-def test_objective_non_increasing_on_a_real_layer(real_lm, data_root):
-    """FISTA on the real model's layer-3 up-projection statistics: the objective never rises (tolerance 1e-4)."""
+def _real_up_projection(real_lm, data_root, nsamples: int, seqlen: int):
+    """Weight, statistics (dense inputs) and view of the real model's layer-3 up-projection."""
     from prunekit.capture.layerwise import dense_layer_inputs
     from prunekit.capture.paired import paired_statistics
     from prunekit.data import calibration_windows
 
-    windows = calibration_windows(real_lm.tokenizer, "c4", nsamples=4, seqlen=128, seed=0, data_root=data_root)
+    windows = calibration_windows(real_lm.tokenizer, "c4", nsamples=nsamples, seqlen=seqlen, seed=0, data_root=data_root)
     inputs = dense_layer_inputs(real_lm, windows.ids, 3, 4)
     layer = real_lm.adapter.decoder_layers()[3]
     view = next(v for v in real_lm.adapter.linears(3) if v.roles == ("up",))
     stats = paired_statistics(layer, layer, view, inputs, inputs, 4)
-    weight = view.weight.detach().float()
+    return view.weight.detach().float(), stats, view
+
+
+@pytest.mark.real_model
+def test_objective_non_increasing_on_a_real_layer(real_lm, data_root):
+    """FISTA on the real model's layer-3 up-projection statistics: the objective never rises (tolerance 1e-4)."""
+    weight, stats, _ = _real_up_projection(real_lm, data_root, 4, 128)
     problem = Problem.from_statistics(weight, stats)
     trace: list[float] = []
     fista(problem, weight, 0.002, 60, 1e-12, trace=trace)
@@ -211,18 +216,10 @@ def test_fista_reconstructs_a_real_layer_better_than_sparsegpt(real_lm, data_roo
     """The paper's ordering on one real operator (layer 3 up-projection, the same dense statistics for
     both): FISTA's layer-wise error below SparseGPT's, and below its own Wanda warm start re-fitted
     (so the FISTA iterates, not only the least-squares re-fit, earn the gain)."""
-    from prunekit.capture.layerwise import dense_layer_inputs
-    from prunekit.capture.paired import paired_statistics
-    from prunekit.data import calibration_windows
     from prunekit.methods.fista import _candidate, warm_start
     from prunekit.methods.sparsegpt import sparsegpt_prune
 
-    windows = calibration_windows(real_lm.tokenizer, "c4", nsamples=8, seqlen=256, seed=0, data_root=data_root)
-    inputs = dense_layer_inputs(real_lm, windows.ids, 3, 4)
-    layer = real_lm.adapter.decoder_layers()[3]
-    view = next(v for v in real_lm.adapter.linears(3) if v.roles == ("up",))
-    stats = paired_statistics(layer, layer, view, inputs, inputs, 4)
-    weight = view.weight.detach().float()
+    weight, stats, view = _real_up_projection(real_lm, data_root, 8, 256)
     problem = Problem.from_statistics(weight, stats)
     sparsegpt, _, _ = sparsegpt_prune(weight, stats.gram, stats.tokens, fraction=None if target.is_nm else 0.5,
                                       n=target.n, m=target.m, blocksize=128, percdamp=0.01, where=view.name)
