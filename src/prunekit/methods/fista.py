@@ -151,7 +151,11 @@ def refit(problem: Problem, W: torch.Tensor, keep: torch.Tensor, iterations: int
     done = 0
     for k in range(iterations):
         Ap = (p @ problem.Gs) * mask
-        alpha = rs / (p * Ap).sum(1, keepdim=True).clamp(min=1e-30)
+        curvature = (p * Ap).sum(1, keepdim=True)
+        # a direction with (numerically) no curvature lies in G's null space (fewer tokens than
+        # inputs): stepping along it cannot lower f and would blow up, so that row stops moving
+        alpha = torch.where(curvature > 1e-10 * (p * p).sum(1, keepdim=True), rs / curvature.clamp(min=1e-30),
+                            torch.zeros_like(rs))
         V = V + alpha * p
         r = r - alpha * Ap
         rs_new = (r * r).sum(1, keepdim=True)
@@ -279,7 +283,9 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
         total_iterations += used
         consider(rung, lam / 2**k, f"ladder λ/{2**k}")
     if options.ranking_refit_iterations < options.refit_iterations:  # finish the winner's re-fit
-        chosen, chosen_f = _candidate(problem, source, target, options)
+        finished, finished_f = _candidate(problem, source, target, options)
+        if math.isfinite(finished_f) and finished_f <= chosen_f and bool(torch.isfinite(finished).all()):
+            chosen, chosen_f = finished, finished_f
     report.update({"lambda": lam, "bisection_steps": steps, "bisection_converged": converged,
                    "sparsity_before_projection": zero_fraction(W), "objective_l1_solution": problem.smooth(W),
                    "candidates": candidates, **selected})
