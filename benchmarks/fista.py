@@ -18,11 +18,11 @@ Writes benchmarks/results/fista.json and fista.md.
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from common import RESULTS, SHARED_MODELS, load_results, markdown_table, store_results

@@ -47,19 +47,21 @@ def main() -> None:
                 wanda = F.warm_start("wanda", weight, stats, target)
                 wanda_refit, _ = F.refit(problem, wanda, wanda != 0, 500, 1e-10)
                 row = [f"{index}.{role}", name] + [f"{problem.relative_error(w):.4f}" for w in (pruned, sparsegpt_refit, wanda_refit)]
-                for options in runs.values():
+                reports = {}
+                for key, options in runs.items():
                     started = time.perf_counter()
-                    _, report = F.solve(weight, stats, target, options)
-                    row.append(f"{report['recon_error']:.4f} ({report['selected']}, {time.perf_counter() - started:.0f} s)")
-                # no selection: the L1 solution at the λ the search found, projected and re-fitted
-                _, report = F.solve(weight, stats, target, runs["default"])
-                at_target, _ = F.fista(problem, weight, report["lambda"], 300, 1e-6)
+                    _, reports[key] = F.solve(weight, stats, target, options)
+                    row.append(f"{reports[key]['recon_error']:.4f} ({reports[key]['selected']}, "
+                               f"{time.perf_counter() - started:.0f} s)")
+                # no selection: the L1 solution at the λ the default search found, projected and re-fitted
+                at_target, _ = F.fista(problem, weight, reports["default"]["lambda"], 300, 1e-6)
                 _, value = F._candidate(problem, at_target, target, runs["default"])
                 row.append(f"{max(value, 0) / problem.const:.4f}")
                 rows.append(row)
                 print(" | ".join(row), flush=True)
     print(markdown_table(["operator", "target", "sparsegpt", "sparsegpt mask, refit", "wanda mask, refit"]
                          + [f"fista {k}" for k in runs] + ["L1 at target, projected"], rows))
+
 
 if __name__ == "__main__":
     main()

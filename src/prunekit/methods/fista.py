@@ -228,10 +228,7 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
     W = start = warm_start(options.warm_start, weight, stats, target)
     goal = target.fraction
     report = {"objective_warm_start": problem.smooth(W), "L": problem.L}
-    chosen, chosen_f = _candidate(problem, W, target, options, options.ranking_refit_iterations)
-    source = W
-    selected = {"selected": "warm start", "selected_lambda": 0.0, "selected_sparsity_before_projection": zero_fraction(W)}
-    candidates = 1
+    chosen, chosen_f, source, selected, candidates = W, math.inf, W, {}, 0
 
     def consider(solution: torch.Tensor, lam: float, label: str) -> None:
         """Rank ``solution`` after projection and a short re-fit. Solutions with more zeros than the
@@ -246,6 +243,7 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
             chosen, chosen_f, source = candidate, value, solution
             selected = {"selected": label, "selected_lambda": lam, "selected_sparsity_before_projection": zeros}
 
+    consider(start, 0.0, "warm start")  # the λ → 0 end of the path; it has at most the target's zeros
     # λ ≥ max|2C| zeroes everything (W = 0 is then optimal). Search log λ by safeguarded regula
     # falsi on the zero fraction (monotone in λ in practice): a bisection that uses the measured
     # fractions to place the next λ, so it needs a handful of warm-started solves, not twenty.
