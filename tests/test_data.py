@@ -55,7 +55,7 @@ def test_c4_eval_uses_first_1100_docs_and_256_windows(tokenizer, data_root):
 
 def test_calibration_windows_are_seeded(tokenizer, data_root):
     a = calibration_windows(tokenizer, "c4", nsamples=6, seqlen=64, seed=0, data_root=data_root)
-    b = calibration_windows(tokenizer, "c4", nsamples=6, seqlen=64, seed=0, data_root=data_root)
+    b = calibration_windows(tokenizer, "c4", nsamples=6, seqlen=64, seed=0, data_root=str(data_root))  # API takes a string
     c = calibration_windows(tokenizer, "c4", nsamples=6, seqlen=64, seed=1, data_root=data_root)
     assert a.ids.shape == (6, 64) and torch.equal(a.ids, b.ids) and not torch.equal(a.ids, c.ids)
     assert a.provenance["corpus"] == "c4" and a.provenance["split"] == "train" and len(a.provenance["sha256"]) == 64

@@ -166,8 +166,12 @@ def _from_hub(corpus: str, spec: SplitSource, expected: Path) -> Documents:
     return Documents(list(dataset[key]), {"source": "hub", "hub": [path, config, split]})
 
 
-def load_documents(corpus: str, split: str, data_root: Path | None) -> Documents:
-    """The documents of ``corpus``'s ``split`` from the data root (or the hub as a fallback)."""
+def load_documents(corpus: str, split: str, data_root: str | os.PathLike | None) -> Documents:
+    """The documents of ``corpus``'s ``split`` from the data root (or the hub as a fallback).
+
+    ``data_root`` may be a string: the Python API takes what a user would type.
+    """
+    data_root = Path(data_root).expanduser() if data_root is not None else None
     if corpus not in CORPORA:
         raise DataError(f"unknown corpus '{corpus}': choose {', '.join(CORPORA)} or a .txt/.jsonl path")
     spec = CORPORA[corpus].splits.get(split)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ def _tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _documents(spec: str, default_split: str | None, data_root: Path | None) -> tuple[str, Documents, str]:
+def _documents(spec: str, default_split: str | None, data_root: str | os.PathLike | None) -> tuple[str, Documents, str]:
     if is_local_path(spec):
         path = Path(spec).expanduser()
         if not path.suffix and not path.exists():
@@ -75,7 +76,7 @@ def calibration_windows(
     nsamples: int,
     seqlen: int,
     seed: int,
-    data_root: Path | None,
+    data_root: str | os.PathLike | None,
 ) -> TokenWindows:
     """``nsamples`` windows of ``seqlen`` tokens at seeded random offsets of the corpus stream.
 
@@ -106,7 +107,7 @@ def evaluation_windows(
     spec: str,
     *,
     seqlen: int,
-    data_root: Path | None,
+    data_root: str | os.PathLike | None,
     protocol: str = "standard",
     max_windows: int | None = None,
 ) -> TokenWindows:
