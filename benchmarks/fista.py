@@ -142,7 +142,7 @@ def write_table(results: dict) -> None:
     order = list(TARGETS)
     rows = [[r["model"], r["label"], r["target"]] + [f"{r['ppl'][d]:.2f}" for d in DATASETS]
             + [f"{r['prune_seconds']:.0f}" if "prune_seconds" in r else "–",
-               f"{r['fista']['mean_recon_error']:.4f}" if "fista" in r else "–",
+               f"{r['fista']['mean_recon_error']:.3g}" if "fista" in r else "–",
                f"{r['fista']['bisection_unconverged']}/{r['fista']['operators']}" if "fista" in r else "–",
                f"{r['fista']['warm_start_kept']}/{r['fista']['operators']}" if "warm_start_kept" in r.get("fista", {}) else "–"]
             for r in sorted(measured, key=lambda r: (r["model"], order.index(r["target"]), r["label"]))]
