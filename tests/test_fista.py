@@ -100,6 +100,21 @@ def test_selection_never_loses_to_the_warm_start_or_the_searched_lambda():
         | {f"ladder λ/{2**k}" for k in range(1, 4)}
 
 
+def test_an_already_sparser_weight_still_keeps_its_warm_start():
+    """A weight with more zeros than the target (a pruned model pruned again) has a warm start the
+    skip rule for over-sparse candidates would drop; it must still be the baseline to beat."""
+    from prunekit.methods.fista import _candidate, warm_start
+
+    W, stats, _, _ = _random_problem(rows=16, cols=32)
+    W = W * (W.abs() >= W.abs().flatten().kthvalue(int(0.6 * W.numel())).values)  # 60% zeros
+    target = SparsityTarget(sparsity=0.5)
+    options = FistaOptions()
+    new, report = solve(W, stats, target, options)
+    _, warm_f = _candidate(Problem.from_statistics(W, stats), warm_start("wanda", W, stats, target), target, options)
+    assert int((new == 0).sum()) == W.numel() // 2
+    assert report["objective_final"] <= warm_f + 1e-9
+
+
 def test_unreached_target_warns_names_the_operator_and_still_projects(caplog):
     """A step budget too small for the tolerance: best λ kept, a warning naming the operator, exact result."""
     W, stats, _, _ = _random_problem(rows=16, cols=32)

@@ -230,20 +230,22 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
     report = {"objective_warm_start": problem.smooth(W), "L": problem.L}
     chosen, chosen_f, source, selected, candidates = W, math.inf, W, {}, 0
 
-    def consider(solution: torch.Tensor, lam: float, label: str) -> None:
+    def consider(solution: torch.Tensor, lam: float, label: str, baseline: bool = False) -> None:
         """Rank ``solution`` after projection and a short re-fit. Solutions with more zeros than the
-        target are skipped: projecting them would have to re-grow weights chosen among exact zeros."""
+        target are skipped: projecting them would have to re-grow weights chosen among exact zeros.
+        The ``baseline`` (the warm start) is always taken, so the result is never worse than it —
+        even when the weight already has more zeros than the target (a pruned model pruned again)."""
         nonlocal chosen, chosen_f, source, selected, candidates
         zeros = zero_fraction(solution)
-        if zeros > goal + options.sparsity_tolerance:
+        if zeros > goal + options.sparsity_tolerance and not baseline:
             return
         candidate, value = _candidate(problem, solution, target, options, options.ranking_refit_iterations)
         candidates += 1
-        if value < chosen_f:
+        if baseline or value < chosen_f:
             chosen, chosen_f, source = candidate, value, solution
             selected = {"selected": label, "selected_lambda": lam, "selected_sparsity_before_projection": zeros}
 
-    consider(start, 0.0, "warm start")  # the λ → 0 end of the path; it has at most the target's zeros
+    consider(start, 0.0, "warm start", baseline=True)  # the λ → 0 end of the path
     # λ ≥ max|2C| zeroes everything (W = 0 is then optimal). Search log λ by safeguarded regula
     # falsi on the zero fraction (monotone in λ in practice): a bisection that uses the measured
     # fractions to place the next λ, so it needs a handful of warm-started solves, not twenty.
