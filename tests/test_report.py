@@ -18,7 +18,7 @@ def pruned_run(tiny_model_dir, data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "wanda"
     assert main(["prune", "--model", str(tiny_model_dir("llama")), "--method", "wanda", "--sparsity", "0.5",
                  "--nsamples", "4", "--seqlen", "64", "--data-root", str(data_root), "--out", str(out),
-                 "--eval", "wikitext2", "--max-windows", "1", "--no-progress"]) == 0
+                 "--eval", "wikitext2", "--max-windows", "1", "--no-progress", "--report-error"]) == 0
     page = (out / "report" / "report.md").read_text()  # every run gets its page
     assert "## Sparsity" in page and "## Perplexity" in page
     return out

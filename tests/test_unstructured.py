@@ -24,7 +24,7 @@ def _weights(lm):
 def test_exact_sparsity_and_nm(tiny_model_dir, data_root, family, method):
     for target in ({"sparsity": 0.5}, {"pattern": "2:4"}):
         lm = prunekit.load(tiny_model_dir(family))
-        record = prunekit.prune(lm, method, calibration=FAST, progress=False, **target)
+        record = prunekit.prune(lm, method, calibration=FAST, progress=False, report_error=True, **target)
         for name, weight in _weights(lm).items():
             zeros = int((weight == 0).sum())
             if "pattern" in target:

@@ -26,7 +26,8 @@ def pruned_ppl(real_lm, eval_windows):
     results = {}
     for method in ("magnitude", "wanda", "sparsegpt"):
         lm = fresh_copy(real_lm)
-        record = prunekit.prune(lm, method, sparsity=0.5, calibration=CALIB, progress=False)
+        options = {"report_error": True} if method != "magnitude" else {}
+        record = prunekit.prune(lm, method, sparsity=0.5, calibration=CALIB, progress=False, **options)
         results[method] = (perplexity(lm.model, eval_windows, progress=False)["ppl"], record)
         del lm
     return results

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .capture import layerwise
+from .capture.layerwise import PhaseClock
 from .capture.paired import paired_layerwise
 from .capture.parallel_layers import parallel_layerwise
 from .data import calibration_windows, evaluation_windows, resolve_data_root
@@ -140,11 +141,13 @@ def prune(
                                    layers=layer_ids, views_for=views_for, batch_size=batch_size, progress=progress,
                                    workers=parsed_options.workers, executor=parsed_options.executor)
     else:
+        clock = PhaseClock()
         results = layerwise(
             loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, collect_upfront=pruner.collect_upfront,
             views_for=views_for, layers=layer_ids, batch_size=batch_size, stats_dtype=pruner.stats_dtype,
-            progress=progress, residency=residency,
+            progress=progress, residency=residency, clock=clock,
         )
+        timings["phases"] = clock.as_dict()
     modules: dict[str, dict] = {}
     layer_reports = []
     for index, reports, seconds in results:
@@ -159,11 +162,18 @@ def prune(
                 "calibration": None, "lowrank": {"modules": sorted(modules), "params_selected": params,
                                                  "condition_choice": getattr(pruner, "condition_choice", None)},
                 "sparsity": {}, "layers": layer_reports, "timings": timings, "peak_rss_mb": peak_rss_mb()}
+    pruned = removed / total if total else 0.0
+    # "overall" is every decoder linear's zero fraction, pruned or not (a streamed model's other
+    # layers are not in memory: there it is known only when every layer was pruned)
+    if residency is None:
+        overall = check_sparsity(loaded, ())["sparsity"]["overall"]
+    else:
+        overall = pruned if len(layer_ids) == adapter.num_layers() else None
     return {
         "step": {"method": method_cls.name, **target.to_dict(), "roles": list(parse_roles(step.roles, adapter)),
                  "layers": layer_ids, "options": vars(parsed_options)},
         "calibration": calib_record,
-        "sparsity": {"overall": removed / total if total else 0.0,
+        "sparsity": {"overall": overall, "pruned": pruned, "pruned_matrices": len(modules),
                      "layers": {name: r["sparsity"] for name, r in modules.items()}},
         "layers": layer_reports,
         "timings": timings,

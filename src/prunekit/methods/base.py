@@ -5,7 +5,9 @@ statistics, or nothing for data-free methods), its own options as a dataclass (w
 turns into flags and the Python API into keyword arguments), and prunes one decoder layer at a
 time, seeing the model only through adapter views. Most methods implement :meth:`prune_view`
 (one linear map -> a mask and optionally an updated weight); the base class applies it and
-reports sparsity, reconstruction error on the calibration inputs, and seconds per module.
+reports sparsity and seconds per module, and with ``--report-error`` the reconstruction error on
+the calibration inputs (which needs the input Gram matrix: methods whose algorithm does not use it
+accumulate it only when asked, since it costs about as much as SparseGPT's statistics).
 """
 
 from __future__ import annotations
@@ -33,13 +35,22 @@ class NoOptions:
 
 
 @dataclass
+class ErrorReportOptions:
+    """The opt-in layer-wise error report, mixed into every mask method's options."""
+
+    report_error: bool = field(default=False, metadata={
+        "help": "report each pruned matrix's layer-wise error ||WX-ŴX||²/||WX||² on the calibration inputs "
+                "(magnitude, wanda and ria then also accumulate the input Gram matrix: SparseGPT's cost)"})
+
+
+@dataclass
 class WorkerOptions:
     """Where independent layers run: options shared by every layer-parallel method."""
 
     workers: int = field(default=1, metadata={
-        "help": "layer-parallel methods (fista with --correction intra/none, wanda/magnitude with --inputs dense, "
-                "svd; shortgpt's bi/angular scoring splits the calibration windows instead): "
-                "decoder layers pruned in this many workers, with results identical to one worker"})
+        "help": "decoder layers pruned in this many workers, results identical to one worker (fista with "
+                "--correction intra/none, wanda/magnitude with --inputs dense, svd; shortgpt's bi/angular "
+                "splits the calibration windows instead)"})
     executor: str = field(default="process", metadata={
         "choices": ("process", "ray"),
         "help": "where --workers run: local spawned processes, or Ray tasks (a local runtime, or the cluster "
@@ -47,7 +58,7 @@ class WorkerOptions:
 
 
 @dataclass
-class LayerParallelOptions(WorkerOptions):
+class LayerParallelOptions(ErrorReportOptions, WorkerOptions):
     """Options of methods that can decide each layer from the *dense* model's inputs, so layers run
     independently (``prunekit.capture.parallel_layers``). Mixed into a method's own options."""
 
@@ -84,10 +95,20 @@ class Method:
     default_nsamples: ClassVar[int] = 128
     default_calib_seqlen: ClassVar[int | None] = None  # None: the model's context capped at 4096
     Options: ClassVar[type] = NoOptions
+    # whether the calibration windows run through the model in batches (--calib-batch-size);
+    # LLM-Pruner's Taylor pass takes its gradients one window at a time
+    batches_calibration: ClassVar[bool] = True
 
     def __init__(self, target: SparsityTarget, options: Any = None):
         self.target = target
         self.options = options if options is not None else self.Options()
+        if self.reports_error:  # the error report reads the Gram matrix, whatever the method itself needs
+            self.needs = self.needs | {"gram"}
+
+    @property
+    def reports_error(self) -> bool:
+        """Whether each pruned matrix's reconstruction error is computed (``--report-error``)."""
+        return bool(getattr(self.options, "report_error", False))
 
     @property
     def collect_upfront(self) -> bool:
@@ -131,22 +152,46 @@ class Method:
         return self.prune_views(ctx, ctx.views)
 
     def prune_views(self, ctx: LayerContext, views: list[LinearView]) -> dict[str, dict]:
-        """Prune ``views`` of the layer in ``ctx`` with the statistics it holds now."""
+        """Prune ``views`` of the layer in ``ctx`` with the statistics it holds now.
+
+        Views are decided in the batches :meth:`solve_groups` forms (one view each by default); a
+        batch's seconds are shared among its views by size.
+        """
         reports = {}
-        for view in views:
+        for batch in self.solve_groups(views):
             started = time.perf_counter()
-            stats = ctx.stats.get(view.input_group)
-            original = view.weight.detach().float().clone() if stats is not None and stats.gram is not None else None
-            result = self.prune_view(view, ctx)
-            if result.weight is not None:
-                view.set_weight(result.weight)
-            report = apply_mask(view, result.mask)
-            if original is not None:
-                report["recon_error"] = reconstruction_error(original, view.weight.float(), stats.gram)
-            report.update(result.extra)
-            report["seconds"] = round(time.perf_counter() - started, 4)
-            reports[view.name] = report
+            originals = {}
+            for view in batch:
+                stats = ctx.stats.get(view.input_group)
+                if self.reports_error and stats is not None and stats.gram is not None:
+                    originals[view.name] = view.weight.detach().float().clone()
+            results = self.prune_group(batch, ctx)
+            batch_reports = []
+            for view, result in zip(batch, results):
+                if result.weight is not None:
+                    view.set_weight(result.weight)
+                report = apply_mask(view, result.mask)
+                if view.name in originals:
+                    report["recon_error"] = ctx.clock.timed("error_report", reconstruction_error, originals[view.name],
+                                                            view.weight.float(), ctx.stats[view.input_group].gram)
+                report.update(result.extra)
+                batch_reports.append(report)
+            seconds = time.perf_counter() - started
+            total = sum(view.weight.numel() for view in batch)
+            for view, report in zip(batch, batch_reports):
+                report["seconds"] = round(seconds * view.weight.numel() / total, 4)
+                if len(batch) > 1:
+                    report["solved_with"] = [v.name for v in batch if v is not view]
+                reports[view.name] = report
         return reports
+
+    def solve_groups(self, views: list[LinearView]) -> list[list[LinearView]]:
+        """How views are batched for :meth:`prune_group` (default: one at a time)."""
+        return [[view] for view in views]
+
+    def prune_group(self, views: list[LinearView], ctx: LayerContext) -> list[ViewResult]:
+        """Decide a batch of views (default: :meth:`prune_view` on each)."""
+        return [self.prune_view(view, ctx) for view in views]
 
     def prune_view(self, view: LinearView, ctx: LayerContext) -> ViewResult:
         """Decide the mask (and optionally new weights) of one linear map."""

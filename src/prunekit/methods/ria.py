@@ -13,11 +13,11 @@ import torch
 
 from ..sparsity import nm_mask, select_mask
 from ..surgery import permute_input_channels
-from .base import Method, ViewResult, register
+from .base import ErrorReportOptions, Method, ViewResult, register
 
 
 @dataclass
-class RIAOptions:
+class RIAOptions(ErrorReportOptions):
     group: str = field(default="matrix", metadata={"choices": ("matrix", "row"),
                                                    "help": "comparison group: per matrix (RIA default) or per output row"})
     alpha_power: float = field(default=0.5, metadata={"help": "RIA: exponent a of the activation norm (default 0.5)"})
@@ -55,7 +55,7 @@ def kept_score(scores: torch.Tensor, n: int, m: int) -> float:
 class RIA(Method):
     name = "ria"
     summary = "relative importance in row and column x ||X||^0.5 (Zhang et al. 2024); per matrix or row; N:M"
-    needs = frozenset({"sqnorm", "gram"})
+    needs = frozenset({"sqnorm"})
     Options = RIAOptions
 
     def prune_layer(self, ctx):

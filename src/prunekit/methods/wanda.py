@@ -57,7 +57,7 @@ def cumulative_variant_mask(scores: torch.Tensor, fraction: float, tolerance: fl
 class Wanda(Method):
     name = "wanda"
     summary = "|W|·||X||₂ per output row (Sun et al. 2023); N:M per row; no weight update"
-    needs = frozenset({"sqnorm", "gram"})  # gram only for the reconstruction-error report
+    needs = frozenset({"sqnorm"})
     Options = WandaOptions
 
     @classmethod

@@ -267,7 +267,8 @@ def _quality(record: dict, evaluation: dict | None, baseline: dict | None) -> li
 
 def _cost(cost: dict) -> Section:
     model, base, ratios = cost.get("model", {}), cost.get("baseline") or {}, cost.get("ratios", {})
-    labels = {"params": "parameters", "params_nonzero": "non-zero parameters", "disk_mb": "weights on disk MB",
+    labels = {"params": "parameters", "params_nonzero": "non-zero parameters", "weights_mb": "weights as loaded MB",
+              "disk_mb": "weights on disk MB",
               "peak_rss_load_mb": "peak RSS loading MB", "peak_rss_generate_mb": "peak RSS generating MB",
               "prefill_ms": "prefill ms", "decode_tok_s": "decode tokens/s"}
     rows = [[label, model.get(key), base.get(key), ratios.get(key)] for key, label in labels.items()]
@@ -280,8 +281,11 @@ def _cost(cost: dict) -> Section:
 
 def _timings(record: dict) -> Section:
     timings = record.get("timings", {})
-    rows = [["load", timings.get("load")]] + [[f"step {i} {k}", v] for i, step in enumerate(timings.get("steps", []), 1)
-                                              for k, v in step.items()]
+    rows = [["load", timings.get("load")]]
+    for i, step in enumerate(timings.get("steps", []), 1):
+        for k, v in step.items():  # a step's phases (statistics, solve, ...) are nested one level down
+            rows += [[f"step {i} {k}: {phase}", seconds] for phase, seconds in v.items()] if isinstance(v, dict) \
+                else [[f"step {i} {k}", v]]
     rows += [[k, v] for k, v in timings.items() if k not in ("load", "steps")]
     return Section("Timings (seconds)").table(["phase", "seconds"], rows)
 
