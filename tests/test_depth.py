@@ -211,3 +211,14 @@ def test_sublayer_bi_matches_manual_computation(deep_model_dir):
         h = x + contributions[i].double()
         assert float(bi["attn"][i]) == pytest.approx(1 - float(cosine_similarity(x, h, dim=-1).mean()), abs=1e-5)
         assert float(bi["mlp"][i]) == pytest.approx(1 - float(cosine_similarity(h, y, dim=-1).mean()), abs=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["bi", "angular", "ppl"])
+def test_scoring_metrics_without_calibration_text_refuse(tiny_model_dir, metric):
+    """bi/angular/ppl score layers on text: with none, the plan raises instead of removing nothing."""
+    from prunekit.methods.shortgpt import ShortGPT
+
+    lm = prunekit.load(tiny_model_dir("llama"))
+    method = ShortGPT(None, ShortGPT.parse_options({"remove_layers": 1, "metric": metric}))
+    with pytest.raises(ArgumentError, match=f"--metric {metric} scores layers on calibration text"):
+        method.plan(lm, None, batch_size=1, progress=False)

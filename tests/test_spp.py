@@ -229,3 +229,17 @@ def test_resumed_recipe_keeps_the_path(tiny_model_dir, data_root, tmp_path):
     out, record = run_recipe(recipe, model, tmp_path / "out", resume=True, data_root=data_root, progress=False)
     assert [s["step"]["method"] for s in record["steps"]] == ["spp", "magnitude", "magnitude"]
     assert read_path(out)["fingerprint"]["num_layers"] == 2
+
+
+def test_a_path_cut_short_by_the_step_cap_says_so():
+    """A stiff layer whose automatic α is tiny hits the step cap before the horizon: the result
+    says so (SPP warns and records it), while an ordinary layer reaches the horizon or enters all."""
+    from prunekit.lbi import LBISettings, linearized_bregman
+
+    ones = torch.ones(4, dtype=torch.float64)
+    stiff = torch.eye(4, dtype=torch.float64) * 1e6
+    short = linearized_bregman(lambda m: 2 * (stiff @ (m - 1)), ones, ones, LBISettings(iterations=10), lipschitz=2e6)
+    assert short.steps == 500 and short.end_time < short.horizon and short.stopped_short
+    easy = torch.eye(4, dtype=torch.float64)
+    done = linearized_bregman(lambda m: 2 * (easy @ (m - 1)), ones, ones, LBISettings(iterations=10), lipschitz=2.0)
+    assert not done.stopped_short

@@ -31,12 +31,12 @@ def _csv(value: str) -> list[str]:
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", required=True, help="local Hugging Face directory (or a hub id where the hub is reachable)")
-    group.add_argument("--gguf-file", help="GGUF file inside --model to load (auto-detected when it is the only file)")
+    group.add_argument("--model", required=True, metavar="DIR", help="local Hugging Face directory (or a hub id where the hub is reachable)")
+    group.add_argument("--gguf-file", metavar="FILE", help="GGUF file inside --model to load (auto-detected when it is the only file)")
     group.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                        help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    group.add_argument("--data-root", help="folder of the named corpora (default: $PRUNEKIT_DATA or ../shared/data)")
+    group.add_argument("--data-root", metavar="DIR", help="folder of the named corpora (default: $PRUNEKIT_DATA or ../shared/data)")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -44,11 +44,11 @@ def _add_eval_args(parser: argparse.ArgumentParser, flag: str) -> None:
     group = parser.add_argument_group("perplexity")
     group.add_argument(flag, type=_csv, default=[], metavar="DATASETS",
                        help="comma-separated corpora to evaluate: wikitext2, ptb, c4 (or a .txt/.jsonl path)")
-    group.add_argument("--max-windows", type=int, help="evaluate only the first K windows (quick runs)")
-    group.add_argument("--eval-seqlen", type=int, help="window length (default: the model context capped at 4096)")
+    group.add_argument("--max-windows", type=int, metavar="K", help="evaluate only the first K windows (quick runs)")
+    group.add_argument("--eval-seqlen", type=int, metavar="N", help="window length (default: the model context capped at 4096)")
     group.add_argument("--protocol", default="standard", choices=PROTOCOLS,
                        help="standard (SparseGPT/Wanda) or llm-pruner (128-token windows, PTB validation)")
-    group.add_argument("--eval-batch-size", type=int, help="windows per forward (default: 4096 tokens per batch)")
+    group.add_argument("--eval-batch-size", type=int, metavar="N", help="windows per forward (default: 4096 tokens per batch)")
 
 
 def _add_icl_args(parser: argparse.ArgumentParser, single_task: bool = False) -> None:
@@ -82,32 +82,74 @@ def _option_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_method_options(parser: argparse.ArgumentParser) -> None:
-    """Every registered method's options become flags; each is checked against the chosen method."""
-    seen: dict[str, dataclasses.Field] = {}
-    for method in available_methods().values():
-        for f in dataclasses.fields(method.Options):
-            seen.setdefault(f.name, f)
-    group = parser.add_argument_group("method options (see `prunekit methods`)")
-    for name, f in seen.items():
-        kwargs: dict = {"dest": f"opt_{name}", "default": argparse.SUPPRESS, "help": f.metadata.get("help")}
+def _add_method_options(parser: argparse.ArgumentParser, shown: str | None) -> None:
+    """Every registered method's options become flags, checked against the chosen method when the
+    step is validated (one that the method does not have is an error naming its real options).
+    Help lists only the ``shown`` method's options, grouped under its name; the others are
+    accepted silently so that misuse still gets that clear message rather than argparse's."""
+    methods = available_methods()
+    own = {f.name for f in dataclasses.fields(methods[shown].Options)} if shown in methods else set()
+    group = parser.add_argument_group(f"{shown} options" if own else "method options",
+                                      None if own else "shown by `prunekit prune --method M --help`; "
+                                                       "`prunekit methods` lists every method's")
+    seen: set[str] = set()
+    fields = [f for m in ([methods[shown]] if own else []) + list(methods.values()) for f in dataclasses.fields(m.Options)]
+    for f in fields:
+        if f.name in seen:
+            continue
+        seen.add(f.name)
+        kwargs: dict = {"dest": f"opt_{f.name}", "default": argparse.SUPPRESS,
+                        "help": _option_help(f) if f.name in own else argparse.SUPPRESS}
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if kind == "bool":
             kwargs["action"] = "store_true"
         else:
             kwargs["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
+            kwargs["metavar"] = "N" if kwargs["type"] is int else "X" if kwargs["type"] is float else "VALUE"
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(_option_flag(name), **kwargs)
+                kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
+        group.add_argument(_option_flag(f.name), **kwargs)
 
 
-def _add_lora_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    """LoRA recovery flags; ``prefix`` is ``heal-`` on ``prune`` (``--heal-steps``) and empty on ``recover``."""
+def _option_help(f: dataclasses.Field) -> str:
+    """A field's help without the method-name prefix (the group names the method) and its default."""
+    text = str(f.metadata.get("help", ""))
+    head, _, rest = text.partition(": ")
+    if rest and head.replace("-", "").replace(" ", "").isalnum() and len(head) < 24:
+        text = rest
+    if f.default is not None and f.default is not False and "default" not in text:
+        text += f" (default {f.default})"
+    return text
+
+
+def _wide_help(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, max_help_position=34, width=120)
+
+
+def _method_in(argv: Sequence[str]) -> str | None:
+    """The value of ``--method`` on a ``prune`` command line, if any (it decides which options help shows)."""
+    argv = list(argv)
+    if "prune" not in argv:
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _add_lora_args(parser: argparse.ArgumentParser, prefix: str = "", shown: bool = True) -> None:
+    """LoRA recovery flags; ``prefix`` is ``heal-`` on ``prune`` (``--heal-steps``) and empty on ``recover``;
+    ``shown=False`` accepts them without listing them in help."""
     from .recovery import LoraSettings
 
     defaults = LoraSettings()
     group = parser.add_argument_group("LoRA recovery" + (" (with --heal lora)" if prefix else ""))
     flag = lambda name: f"--{prefix}{name}"  # noqa: E731
+    if not shown:
+        group.add_argument = _hidden(group.add_argument)  # type: ignore[method-assign]
     group.add_argument(flag("data"), default=defaults.data, help="training text: c4 (train sample), a name:split, "
                        "or a .txt/.jsonl path (default c4; wikitext2 here has no train split)")
     group.add_argument(flag("steps"), type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
@@ -121,6 +163,13 @@ def _add_lora_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     group.add_argument(flag("checkpointing"), action="store_true", help="gradient checkpointing (less memory, slower)")
 
 
+def _hidden(add_argument):
+    """``add_argument`` with the help suppressed: the flag works but is not listed."""
+    def add(*names, **kwargs):
+        return add_argument(*names, **{**kwargs, "help": argparse.SUPPRESS})
+    return add
+
+
 def _lora_settings(args, prefix: str = ""):
     from .recovery import LoraSettings
 
@@ -132,36 +181,42 @@ def _lora_settings(args, prefix: str = ""):
     return settings
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(method: str | None = None, heal: bool = False) -> argparse.ArgumentParser:
+    """The command-line parser; ``method`` (the ``prune --method`` value) picks the options help
+    shows, and the ``--heal-*`` flags are listed only when ``heal`` (``--heal`` is on the line)."""
     parser = argparse.ArgumentParser(prog="prunekit", description="Prune Hugging Face causal LMs and measure the cost.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    prune = sub.add_parser("prune", help="prune a model and save it (optionally evaluate)")
+    prune = sub.add_parser("prune", help="prune a model and save it (optionally evaluate)",
+                           usage="prunekit prune --model DIR --method M (--sparsity P | --pattern N:M | M's target) "
+                                 "--out OUT [options]",
+                           formatter_class=_wide_help)
     _add_model_args(prune)
     target = prune.add_argument_group("target")
-    target.add_argument("--method", required=True, help="a registered method (see `prunekit methods`)")
-    target.add_argument("--sparsity", type=float, help="unstructured sparsity in [0, 1)")
-    target.add_argument("--pattern", help="N:M semi-structured pattern, e.g. 2:4")
-    target.add_argument("--roles", help="comma-separated roles to prune (default: all linears of every layer)")
-    target.add_argument("--layers", help="layer indices to prune, e.g. 0-5,7 (default: all); for depth methods "
+    target.add_argument("--method", required=True, metavar="M", help="a registered method (see `prunekit methods`)")
+    target.add_argument("--sparsity", type=float, metavar="P", help="unstructured sparsity in [0, 1)")
+    target.add_argument("--pattern", metavar="N:M", help="N:M semi-structured pattern, e.g. 2:4")
+    target.add_argument("--roles", metavar="LIST", help="comma-separated roles to prune (default: all linears of every layer)")
+    target.add_argument("--layers", metavar="LIST", help="layer indices to prune, e.g. 0-5,7 (default: all); for depth methods "
                                          "the layers to remove")
     calib = prune.add_argument_group("calibration")
-    calib.add_argument("--calib", help="calibration corpus: c4, wikitext2, ptb, pg19, name:split, or a path "
+    calib.add_argument("--calib", metavar="CORPUS", help="calibration corpus: c4, wikitext2, ptb, pg19, name:split, or a path "
                                         "(default: c4; pg19 for depth methods)")
-    calib.add_argument("--nsamples", type=int, help="calibration windows (default: the method's, 128; 10 for llm-pruner)")
-    calib.add_argument("--seqlen", type=int, help="calibration window length (default: model context capped at 4096)")
-    calib.add_argument("--seed", type=int, default=0, help="seed of the window sampler (default 0)")
-    calib.add_argument("--calib-batch-size", type=int,
+    calib.add_argument("--nsamples", type=int, metavar="N", help="calibration windows (default: the method's, 128; 10 for llm-pruner)")
+    calib.add_argument("--seqlen", type=int, metavar="N", help="calibration window length (default: model context capped at 4096)")
+    calib.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the window sampler (default 0)")
+    calib.add_argument("--calib-batch-size", type=int, metavar="N",
                        help="windows per layer forward (default: 4096 tokens per forward)")
-    _add_method_options(prune)
+    _add_method_options(prune, method)
     out = prune.add_argument_group("output")
-    out.add_argument("--out", required=True, help="output directory (written atomically)")
+    out.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     out.add_argument("--stream", action="store_true", help="stream decoder layers from the safetensors shards one "
                      "at a time (models larger than memory; layer-wise methods; no --heal/--eval)")
-    out.add_argument("--heal", choices=("lora",), help="recover quality after pruning (LoRA, merged; sparsity kept)")
-    _add_lora_args(prune, "heal-")
+    out.add_argument("--heal", choices=("lora",), help="recover quality after pruning (LoRA, merged; sparsity kept); "
+                     "its --heal-* flags: `prunekit prune --heal lora --help`")
+    _add_lora_args(prune, "heal-", shown=heal)
     _add_eval_args(prune, "--eval")
 
     materialize = sub.add_parser("materialize", help="cut an SPP solution path at a sparsity: a smaller model, no new search")
@@ -294,7 +349,8 @@ def _validate_eval_args(args) -> None:
 def cmd_prune(args) -> int:
     options = {key[4:]: value for key, value in vars(args).items() if key.startswith("opt_")}
     step = Step(args.method, args.sparsity, args.pattern, args.roles, args.layers, options)
-    step.validated()  # bad method/options/target fail before the model is loaded
+    method_cls, options, target = step.validated()  # bad method/options/target fail before the model is loaded
+    _reject_unused_calibration_flags(args, step, method_cls, options, target)
     calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed, args.calib_batch_size)
     calibration.validate()
     heal = _lora_settings(args, "heal_") if args.heal else None
@@ -324,9 +380,15 @@ def cmd_prune(args) -> int:
         depth = result["depth"]
         print(f"pruned {args.model} with {step.method} ({depth['metric']}): removed layers {depth['remove']} "
               f"({depth['layers_before']} -> {depth['layers_after']}) -> {path}")
+    elif "lowrank" in result:
+        before, after = result["lowrank"]["params_selected"]
+        print(f"pruned {args.model} with {step.method} (rate {result['step']['options']['rate']}): "
+              f"{len(result['lowrank']['modules'])} matrices, their parameters {before:,} -> {after:,}"
+              f"{' (stored as factors)' if result['step']['options'].get('factored') else ' (written back dense)'}"
+              f" -> {path}")
     else:
         print(f"pruned {args.model} with {step.method} ({result['step'].get('pattern') or result['step'].get('sparsity')}):"
-              f" overall sparsity {result['sparsity']['overall']:.4f} -> {path}")
+              f" {_sparsity_summary(result['sparsity'])} -> {path}")
     _print_ppl(evaluation)
     return 0
 
@@ -347,6 +409,24 @@ def cmd_materialize(args) -> int:
     return 0
 
 
+def _reject_unused_calibration_flags(args, step: Step, method_cls, options, target) -> None:
+    """A calibration flag the chosen method would ignore is an error, not a silent no-op."""
+    given = [flag for flag, value in (("--calib", args.calib), ("--nsamples", args.nsamples), ("--seqlen", args.seqlen),
+                                      ("--calib-batch-size", args.calib_batch_size)) if value is not None]
+    if not given:
+        return
+    explicit_depth = method_cls.kind == "depth" and step.layers is not None
+    uses_data = bool(method_cls(target, options).needs) and not explicit_depth
+    if not uses_data:
+        hint = " (add --report-error to measure its layer-wise error on calibration data)" \
+            if any(f.name == "report_error" for f in dataclasses.fields(options)) else ""
+        raise ArgumentError(f"{step.method} as configured uses no calibration data: {', '.join(given)} would have no "
+                            f"effect{hint}")
+    if args.calib_batch_size is not None and not method_cls.batches_calibration:
+        raise ArgumentError(f"{step.method} takes its calibration windows one at a time: --calib-batch-size does "
+                            "not apply")
+
+
 def _prune_streaming(args, step: Step, calibration: CalibrationSettings) -> int:
     if args.heal or args.eval:
         raise ArgumentError("--stream writes layers as it goes: --heal and --eval need the whole model; "
@@ -354,11 +434,19 @@ def _prune_streaming(args, step: Step, calibration: CalibrationSettings) -> int:
     api.require_streamable(*step.validated()[:2])
     path, record = api.prune_streaming(args.model, step, args.out, calibration=calibration, gguf_file=args.gguf_file,
                                        data_root=args.data_root, overwrite=args.overwrite, progress=not args.no_progress)
-    overall = record["sparsity"].get("overall")
+    summary = _sparsity_summary(record["sparsity"]) if record["sparsity"] else ""
     print(f"pruned {args.model} with {step.method}, streaming one layer at a time"
-          + (f": overall sparsity {overall:.4f}" if overall is not None else "")
-          + f"; peak RSS {record['peak_rss_mb']:.0f} MB -> {path}")
+          + (f": {summary}" if summary else "") + f"; peak RSS {record['peak_rss_mb']:.0f} MB -> {path}")
     return 0
+
+
+def _sparsity_summary(sparsity: dict) -> str:
+    """The pruned matrices' zero fraction, and every decoder linear's when that differs."""
+    text = f"sparsity {sparsity['pruned']:.4f} of the {sparsity['pruned_matrices']} pruned matrices"
+    overall = sparsity.get("overall")
+    if overall is not None and abs(overall - sparsity["pruned"]) > 5e-5:
+        text += f", {overall:.4f} of all decoder linears"
+    return text
 
 
 def _save_with_loss_plot(lm, args, record: dict, steps: list[dict]) -> Path:
@@ -476,11 +564,24 @@ def cmd_check(args) -> int:
 
 
 def cmd_methods(_args) -> int:
+    """Each method once with its own options; options several methods share are explained once."""
+    from .methods.base import ErrorReportOptions, LayerParallelOptions, WorkerOptions
+
+    shared = {f.name: f for mixin in (WorkerOptions, ErrorReportOptions, LayerParallelOptions)
+              for f in dataclasses.fields(mixin)}
     for name, method in available_methods().items():
         needs = ", ".join(sorted(method.needs)) or "no data"
-        print(f"{name:12s} {method.summary} [{needs}]")
-        for f in dataclasses.fields(method.Options):
-            print(f"    {_option_flag(f.name)} (default {f.default!r}): {f.metadata.get('help', '')}")
+        print(f"{name} — {method.summary} [{needs}]")
+        fields = dataclasses.fields(method.Options)
+        for f in fields:
+            if f.name not in shared:
+                print(f"    {_option_flag(f.name)}: {_option_help(f)}")
+        common = [_option_flag(f.name) for f in fields if f.name in shared]
+        if common:
+            print(f"    shared: {', '.join(common)}")
+    print("shared options:")
+    for f in shared.values():
+        print(f"    {_option_flag(f.name)}: {_option_help(f)}")
     return 0
 
 
@@ -618,7 +719,8 @@ def cmd_run(args) -> int:
     def report(number: int, item, record: dict) -> None:
         summary = {key: record[key] for key in ("depth", "width", "lowrank") if key in record}
         if record.get("sparsity"):
-            summary = {"sparsity": round(record["sparsity"]["overall"], 4)}
+            summary = {"sparsity (pruned matrices)": round(record["sparsity"]["pruned"], 4),
+                       "sparsity (all decoder linears)": round(record["sparsity"]["overall"], 4)}
         if "evaluation" in record:
             summary = {k: record["evaluation"][k] for k in ("ppl", "zero_shot") if k in record["evaluation"]}
         if "recovery" in record:
@@ -643,7 +745,7 @@ def cmd_report(args) -> int:
 
 def _print_cost(report: dict) -> None:
     rows = [("parameters", "params", "{:,.0f}"), ("non-zero parameters", "params_nonzero", "{:,.0f}"),
-            ("weights on disk MB", "disk_mb", "{:.1f}"), ("peak RSS loading MB", "peak_rss_load_mb", "{:.0f}"),
+            ("weights as loaded MB", "weights_mb", "{:.1f}"), ("weights on disk MB", "disk_mb", "{:.1f}"), ("peak RSS loading MB", "peak_rss_load_mb", "{:.0f}"),
             ("peak RSS generating MB", "peak_rss_generate_mb", "{:.0f}"), ("prefill ms", "prefill_ms", "{:.1f}"),
             ("decode tokens/s", "decode_tok_s", "{:.1f}")]
     model, baseline, ratios = report["model"], report.get("baseline"), report.get("ratios", {})
@@ -667,7 +769,8 @@ COMMANDS = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "search-sv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_method_in(argv), heal="--heal" in argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         _quiet_libraries(progress=not getattr(args, "no_progress", False))
@@ -688,6 +791,14 @@ def _quiet_libraries(progress: bool) -> None:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     if not progress:
         transformers.utils.logging.disable_progress_bar()
+        # transformers' GGUF reader draws its "Converting and de-quantizing" bar with tqdm directly,
+        # past its own progress switch: give that module a bar that is always off
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        if hasattr(gguf_utils, "tqdm"):
+            gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
 
 
 if __name__ == "__main__":

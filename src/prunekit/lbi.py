@@ -18,6 +18,16 @@ early once every unit has entered. An entry time is interpolated inside its step
 crossed ``τ``), so units entering in the same step are still ordered. Units that have not entered
 by ``t_end`` get the time at which ``V`` would reach ``τ`` at its average rate so far
 (``t_end · τ / |V|``), so every unit has one comparable entry time and the ranking is total.
+
+The step cap (``max_steps_factor × iterations``) can end a very stiff layer's run before the
+horizon; its result then says so (``stopped_short``) and the caller warns, because entry times
+beyond the point reached are extrapolated and a global ranking across layers compares them.
+
+κ enters only the sparse companion, ``Γ = κ · shrink(V, τ)``. DessiLBI also scales the mask's
+step by κ (``m ← m − κα∇``); with the automatic α that step would have to shrink by κ again to
+stay stable (α ≤ 1 / (κ(L + 1/ν))), so the only net effect would be to slow ``V``'s clock by κ.
+We keep the mask's step at its stability bound and let κ act through Γ, which is what the README's
+κ sweep varies.
 """
 
 from __future__ import annotations
@@ -59,6 +69,12 @@ class PathResult:
     final_loss: float
     steps: int = 0
     end_time: float = 0.0
+    horizon: float = 0.0
+
+    @property
+    def stopped_short(self) -> bool:
+        """The step cap ended the run before the horizon with units still outside the support."""
+        return self.end_time < self.horizon * (1 - 1e-9) and not bool(self.entered.all())
 
     @property
     def entered(self) -> torch.Tensor:
@@ -135,4 +151,4 @@ def linearized_bregman(
     t_end = k * alpha
     rate = v.abs().clamp_min(1e-300)
     times = torch.where(entry >= 0, times, torch.clamp(t_end * tau / rate, min=t_end))
-    return PathResult(entry, times, v, m, alpha, loss(m) if loss is not None else float("nan"), k, t_end)
+    return PathResult(entry, times, v, m, alpha, loss(m) if loss is not None else float("nan"), k, t_end, horizon)

@@ -48,6 +48,22 @@ def disk_mb(model_dir: Path) -> float | None:
     return sum(p.stat().st_size for p in files) / 2**20
 
 
+def storage_format(model_dir: Path) -> str | None:
+    """How the weights are stored: ``gguf`` (possibly quantised) or ``safetensors``/``bin``/``pt``."""
+    path = Path(model_dir)
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
+    kinds = sorted({p.suffix.lstrip(".") for p in files})
+    return "gguf" if "gguf" in kinds else "+".join(kinds) or None
+
+
+def weights_mb(model) -> float:
+    """The parameters' size in the dtype they were loaded in (tied weights once): what the model
+    occupies as loaded, and what a checkpoint of it in that dtype holds."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+
+
 def param_counts(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
@@ -142,7 +158,8 @@ def measure(model: str, load_options: dict, settings: CostSettings, quiet: bool 
             speed["sparse_kernels"]["prefill_speedup"] = speed["prefill_ms"] / fast["prefill_ms"]
     return {"model": model, "layers": loaded.adapter.num_layers(), "dtype": str(next(loaded.model.parameters()).dtype),
             "device": str(next(loaded.model.parameters()).device), **param_counts(loaded.model),
-            "disk_mb": disk_mb(Path(model)), "rss_before_load_mb": before, "peak_rss_load_mb": at_load,
+            "disk_mb": disk_mb(Path(model)), "storage": storage_format(Path(model)),
+            "weights_mb": weights_mb(loaded.model), "rss_before_load_mb": before, "peak_rss_load_mb": at_load,
             "peak_rss_generate_mb": during_generation, "load_seconds": load_seconds, **speed}
 
 
@@ -152,14 +169,25 @@ def measure_cost(model: str, load_options: dict | None = None, settings: CostSet
         return pool.submit(measure, str(model), dict(load_options or {}), settings).result()
 
 
-RATIO_KEYS = ("params", "params_nonzero", "disk_mb", "peak_rss_load_mb", "peak_rss_generate_mb", "prefill_ms",
-              "decode_tok_s")
+RATIO_KEYS = ("params", "params_nonzero", "weights_mb", "disk_mb", "peak_rss_load_mb", "peak_rss_generate_mb",
+              "prefill_ms", "decode_tok_s")
 
 
 def compare(model: dict, baseline: dict) -> dict:
-    """Ratios model / baseline, and plain-language notes where a ratio would mislead."""
+    """Ratios model / baseline, and plain-language notes where a ratio would mislead.
+
+    Sizes are compared like with like: ``weights_mb`` is each model in the dtype it was measured
+    in; the on-disk ratio is given only when both are stored the same way (a 4-bit GGUF baseline
+    against a float32 checkpoint would make the pruned model look several times bigger).
+    """
     ratios = {k: model[k] / baseline[k] for k in RATIO_KEYS if model.get(k) and baseline.get(k)}
     notes = []
+    if model.get("storage") != baseline.get("storage") or model.get("dtype") != baseline.get("dtype"):
+        ratios.pop("disk_mb", None)
+        notes.append(f"the files are stored differently (model: {model.get('storage')}, {model.get('disk_mb') or 0:.1f} MB; "
+                     f"baseline: {baseline.get('storage')}, {baseline.get('disk_mb') or 0:.1f} MB), so their disk sizes "
+                     f"are not compared; as loaded ({model.get('dtype')} / {baseline.get('dtype')}) the weights take "
+                     f"{model['weights_mb']:.1f} MB and {baseline['weights_mb']:.1f} MB")
     zeros = 1 - model["params_nonzero"] / model["params"]
     if zeros > 0.05 and model["params"] == baseline["params"]:
         notes.append(f"{100 * zeros:.0f}% of the parameters are zeros stored densely: dense kernels do the same work, "

@@ -297,7 +297,9 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
 @register
 class FISTAPruner(Method):
     name = "fista"
-    summary = "L1 layer-wise model solved by FISTA, intra-layer error correction, λ bisection (FISTAPruner)"
+    summary = ("FISTAPruner's L1 layer-wise model (FISTA, intra-layer error correction, λ bisection) plus prunekit's "
+               "additions: a Wanda warm start, a λ ladder, a least-squares re-fit on the support, and the "
+               "candidate with the lowest layer-wise error")
     needs = frozenset({"paired"})
     engine = "paired"
     Options = FistaOptions

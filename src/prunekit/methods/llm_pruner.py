@@ -163,6 +163,7 @@ def choose_removed(group: UnitGroup, scores: torch.Tensor, count: int) -> list[i
 class LLMPruner(WidthMethod):
     name = "llm-pruner"
     summary = "structured width pruning of coupled head/channel groups by Taylor importance (LLM-Pruner)"
+    batches_calibration = False
     needs = frozenset({"gradients"})
     default_calib = "pg19"  # books, the closest local corpus to the reference's BookCorpus
     default_nsamples = 10

@@ -89,13 +89,17 @@ class ShortGPT(DepthMethod):
         return n
 
     def plan(self, loaded, calib_ids, *, batch_size, progress):
+        if self.explicit is None and self.options.metric in ("bi", "angular", "ppl") and calib_ids is None:
+            # without text there is nothing to score: never fall through to removing no layer
+            raise ArgumentError(f"--metric {self.options.metric} scores layers on calibration text, and none was "
+                                f"given (pass calibration windows, or choose --metric reverse/random)")
         if self.options.granularity == "sublayer" and self.explicit is None:
             return self._plan_sublayers(loaded, calib_ids, batch_size, progress)
         total = loaded.adapter.num_layers()
         n = self.count(total)
         metric = "explicit" if self.explicit is not None else self.options.metric
         report: dict = {"metric": metric, "count": n, "layers_before": total}
-        if calib_ids is not None and metric in ("bi", "angular"):
+        if metric in ("bi", "angular"):
             stats = layer_io_statistics(loaded, calib_ids, batch_size=batch_size, progress=progress,
                                         workers=self.options.workers, executor=self.options.executor)
             report["bi"] = stats["bi"].tolist()

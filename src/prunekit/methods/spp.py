@@ -38,6 +38,7 @@ What exactly runs (the paper leaves the LLM coupling open; these are our choices
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -51,6 +52,8 @@ from ..lbi import LBISettings, PathResult, largest_eigenvalue, linearized_bregma
 from ..models.adapters.units import UnitGroup
 from .base import WidthMethod, register
 from .llm_pruner import member_scores, parse_layer_range, parse_unit_kinds
+
+log = logging.getLogger(__name__)
 
 QK_ROLES = ("q", "k")
 VO_ROLES = ("v", "o")
@@ -132,7 +135,15 @@ def _entry_record(result: PathResult, group: UnitGroup, part: slice = slice(None
             "entry_time": [round(float(t), 6) for t in result.entry_time[part]],
             "v_final": [round(float(v), 6) for v in result.v[part]],
             "alpha": result.alpha, "steps": result.steps, "end_time": round(result.end_time, 6),
-            "final_loss": result.final_loss}
+            "reached_horizon": not result.stopped_short, "final_loss": result.final_loss}
+
+
+def _warn_if_short(result: PathResult, index: int, kind: str, settings: LBISettings) -> None:
+    if result.stopped_short:
+        log.warning("SPP layer %d %s: the step cap (%d steps) ended the path at t = %.4g, before the horizon %.4g; "
+                    "later entry times are extrapolated, which --global-ranking compares across layers "
+                    "(raise --lbi-iterations or lower --lbi-horizon)", index, kind, result.steps, result.end_time,
+                    settings.time_horizon)
 
 
 @register
@@ -210,6 +221,7 @@ class SPP(WidthMethod):
                     tau_vo = thresholds(pair_scores(group, sqnorms, VO_ROLES), power)
                     tau_qk = thresholds(pair_scores(group, sqnorms, QK_ROLES), power)
                 result = head_path(quads["heads"], tau_vo, tau_qk, settings)
+                _warn_if_short(result, ctx.index, "heads", settings)
                 units = group.units
                 entry = _entry_record(result, group, slice(0, units))
                 entry["qk_entry_iteration"] = result.entry_iteration[units:].tolist()
@@ -219,6 +231,7 @@ class SPP(WidthMethod):
                 group = groups["channels"]
                 tau = thresholds(pair_scores(group, sqnorms, None), self.ria_power_for("channels"))
                 result = channel_path(quads["channels"], tau, settings)
+                _warn_if_short(result, ctx.index, "channels", settings)
                 record["channels"] = _entry_record(result, group)
             return record
 
@@ -243,6 +256,8 @@ class SPP(WidthMethod):
         loaded.artifacts["spp_path"] = PathArtifact(path)
         entered = {k: sum(e >= 0 for layer in path["layers"].values() for e in layer[k]["entry_iteration"])
                    / sum(layer[k]["units"] for layer in path["layers"].values()) for k in path["kinds"]}
-        report.update(path_file="path.json", entered_fraction=entered,
+        short = sorted(f"{index}:{kind}" for index, layer in path["layers"].items() for kind in path["kinds"]
+                       if not layer[kind].get("reached_horizon", True))
+        report.update(path_file="path.json", entered_fraction=entered, stopped_short_of_horizon=short,
                       seconds={"search": path["search_seconds"], "materialize": round(time.perf_counter() - started, 3)})
         return report

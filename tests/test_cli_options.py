@@ -1,0 +1,73 @@
+"""The prune command's options: per-method help, options a method would ignore, honest summaries."""
+
+import pytest
+
+from prunekit.cli import main
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("prunekit: error:"), err
+    return err[0]
+
+
+def test_method_help_shows_that_methods_options_on_one_screen(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("prune", "--method", "wanda", "--help")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) <= 64
+    assert "wanda options:" in text and "--variant" in text and "--report-error" in text
+    assert "--blocksize" not in text and "--lbi-kappa" not in text and "--heal-steps" not in text
+    with pytest.raises(SystemExit):
+        run_cli("prune", "--method", "sparsegpt", "--heal", "lora", "--help")
+    text = capsys.readouterr().out
+    assert "sparsegpt options:" in text and "--blocksize" in text and "--heal-steps" in text
+
+
+def test_methods_lists_each_method_once_and_shared_help_once(capsys):
+    assert run_cli("methods") == 0
+    text = capsys.readouterr().out
+    assert text.count("--workers:") == 1 and text.count("--report-error:") == 1
+    assert "fista — FISTAPruner's L1 layer-wise model" in text and "Wanda warm start" in text
+    for name in ("magnitude", "wanda", "sparsegpt", "ria", "fista", "llm-pruner", "spp", "shortgpt", "svd"):
+        assert sum(line.startswith(f"{name} — ") for line in text.splitlines()) == 1, name
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--method", "wanda", "--sparsity", "0.5", "--blocksize", "64"], "method 'wanda' has no option blocksize"),
+    (["--method", "magnitude", "--sparsity", "0.5", "--nsamples", "8"],
+     "magnitude as configured uses no calibration data: --nsamples would have no effect (add --report-error"),
+    (["--method", "shortgpt", "--metric", "random", "--remove-layers", "1", "--calib", "pg19"],
+     "uses no calibration data: --calib"),
+    (["--method", "llm-pruner", "--ratio", "0.25", "--calib-batch-size", "2"], "--calib-batch-size does not apply"),
+    (["--method", "shortgpt", "--remove-layers", "1", "--sparsity", "0.5"], "not --sparsity/--pattern"),
+])
+def test_an_option_the_method_would_ignore_is_an_error(tiny_model_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "never"
+    assert run_cli("prune", "--model", tiny_model_dir("llama"), "--out", out, "--no-progress", *extra) != 0
+    assert message in error_line(capsys)
+    assert not out.exists()
+
+
+def test_summaries_of_partial_and_low_rank_runs(tiny_model_dir, data_root, tmp_path, capsys):
+    model = tiny_model_dir("llama")
+    assert run_cli("prune", "--model", model, "--method", "magnitude", "--sparsity", "0.5", "--layers", "0",
+                   "--out", tmp_path / "half", "--no-progress") == 0
+    line = capsys.readouterr().out
+    assert "sparsity 0.5000 of the 7 pruned matrices, 0.2500 of all decoder linears" in line
+    assert run_cli("prune", "--model", model, "--method", "svd", "--rate", "0.9", "--modules", "k,o", "--layers",
+                   "last:2", "--out", tmp_path / "svd", "--no-progress") == 0
+    line = capsys.readouterr().out
+    assert "with svd (rate 0.9): 4 matrices, their parameters" in line and "(written back dense)" in line
+    assert run_cli("prune", "--model", model, "--method", "svd", "--rate", "0.9", "--modules", "k,o", "--layers",
+                   "last:2", "--factored", "--select", "top-k-condition", "--out", tmp_path / "svd-f",
+                   "--no-progress") == 0
+    assert "(stored as factors)" in capsys.readouterr().out
+    assert run_cli("prune", "--model", model, "--method", "magnitude", "--sparsity", "0.5", "--report-error",
+                   "--nsamples", "4", "--seqlen", "32", "--data-root", data_root, "--out", tmp_path / "err",
+                   "--no-progress") == 0
