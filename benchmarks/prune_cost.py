@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, RESULTS, SHARED_MODELS, load_results, markdown_table, store_results
+from common import REPO, RESULTS, SHARED, SHARED_MODELS, load_results, markdown_table, store_results
 
 BASELINE = "1e8d4a6"  # main before the cost work of issue 24
 COMPARE_STATES = [("sparsegpt", "50%"), ("wanda", "50%"), ("sparsegpt", "2:4")]
@@ -88,7 +88,8 @@ print("RESULT " + json.dumps(out), flush=True)
 
 def run_child(tree: Path, spec: dict) -> dict:
     """One measurement in a fresh interpreter that imports prunekit from ``tree``."""
-    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "TQDM_DISABLE": "1"}
+    # a worktree in a temporary folder has no ../shared beside it: name the data root
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "TQDM_DISABLE": "1", "PRUNEKIT_DATA": str(SHARED / "data")}
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True, env=env)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not lines:

@@ -4,6 +4,7 @@ records per step, and --resume after an interruption giving the same model as on
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +105,80 @@ def test_targets_checked_against_the_model_before_any_work(tiny_model_dir, data_
     assert "fc1" in only_error_line(capsys)
     assert main(["run", str(tmp_path / "missing.yaml"), "--model", "x", "--out", str(out)]) != 0
     assert "recipe not found" in only_error_line(capsys)
+
+
+DEPTH_RECIPE = """\
+steps:
+  - method: magnitude
+    sparsity: 0.3
+  - method: shortgpt
+    remove_layers: 1
+    metric: reverse
+  - method: magnitude
+    sparsity: 0.5
+"""
+
+
+def _interrupt_when(monkeypatch, target, name, predicate):
+    """Make ``target.name`` raise KeyboardInterrupt on the call where ``predicate(*args)`` holds."""
+    original = getattr(target, name)
+
+    def wrapped(*args, **kwargs):
+        if predicate(*args):
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, wrapped)
+
+
+@pytest.mark.parametrize("where", ["saving the checkpoint", "between checkpoint and state", "before the old commit is removed"])
+def test_an_interrupted_commit_never_runs_a_step_twice(tiny_model_dir, data_root, tmp_path, monkeypatch, where):
+    """Killed at each point of committing step 2 (which removes a layer): --resume starts from the
+    last whole commit, so the layer is removed once, and the result equals an uninterrupted run."""
+    import prunekit.runner as runner
+
+    recipe = parse_recipe(DEPTH_RECIPE, "r.yaml")
+    model = str(tiny_model_dir("llama"))
+    whole, _ = run_recipe(recipe, model, tmp_path / "whole", data_root=data_root, progress=False)
+    with monkeypatch.context() as patch:
+        if where == "saving the checkpoint":
+            _interrupt_when(patch, runner.api, "save", lambda lm, out, **_: ".step-0002.tmp" in str(out))
+        elif where == "between checkpoint and state":
+            _interrupt_when(patch, runner, "write_json", lambda path, data: "step-0002" in str(path))
+        else:
+            _interrupt_when(patch, runner.shutil, "rmtree",  # step 2's rename is done, step 1's commit not yet gone
+                            lambda path, *a, **k: str(path).endswith("step-0001") and (Path(path).parent / "step-0002").is_dir())
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(recipe, model, tmp_path / "resumed", data_root=data_root, progress=False)
+    assert not (tmp_path / "resumed").exists()
+    resumed, record = run_recipe(recipe, model, tmp_path / "resumed", resume=True, data_root=data_root, progress=False)
+    assert [s["step"]["method"] for s in record["steps"]] == ["magnitude", "shortgpt", "magnitude"]
+    a, b = (AutoModelForCausalLM.from_pretrained(p) for p in (whole, resumed))
+    assert a.config.num_hidden_layers == b.config.num_hidden_layers == 1
+    ids = torch.arange(1, 33)[None]
+    assert torch.equal(a(ids).logits, b(ids).logits)
+    assert not work_dir_for(tmp_path / "resumed").exists()
+
+
+def test_resume_refuses_a_model_changed_in_place(tiny_model_dir, data_root, tmp_path):
+    """The fingerprint is the model's content, not its path: new weights under the same path are refused."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM as Auto
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir("llama"), model_dir)
+    recipe = parse_recipe(DEPTH_RECIPE, "r.yaml")
+
+    def interrupt(number, item, record):
+        if number == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, str(model_dir), tmp_path / "out", data_root=data_root, progress=False, on_step=interrupt)
+    changed = Auto.from_pretrained(model_dir)
+    with torch.no_grad():
+        changed.model.layers[0].mlp.up_proj.weight.mul_(2)
+    changed.save_pretrained(model_dir)
+    with pytest.raises(ArgumentError, match="another recipe or model"):
+        run_recipe(recipe, str(model_dir), tmp_path / "out", resume=True, data_root=data_root, progress=False)

@@ -1,10 +1,14 @@
 """Running a recipe: steps in order on one model, each step's record kept, resumable.
 
-After every completed step the model and the records so far are checkpointed in a work folder
-beside the output (``.OUT.recipe-work``). A failed or interrupted run leaves no output folder,
-only that work folder; ``--resume`` reloads its checkpoint and continues with the next step if
-the recipe text and the model are the ones it was started with. A finished run writes the output
-atomically (model + ``prunekit.json`` with every step) and removes the work folder.
+After every completed step the model and the records so far are committed to a work folder
+beside the output (``.OUT.recipe-work``): both are written into a temporary folder which one
+rename turns into ``step-NNNN``, so a commit either happened whole or not at all, and an
+interruption at any moment (mid-step, mid-save, between the two writes) resumes from the last
+whole commit, never running a step twice. A failed or interrupted run leaves no output folder,
+only that work folder; ``--resume`` reloads the newest commit and continues with the next step if
+the recipe text and the model's *content* (every file of its directory) are the ones it was
+started with. A finished run writes the output atomically (model + ``prunekit.json`` with every
+step) and removes the work folder.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from typing import Callable
 from . import api
 from .errors import ArgumentError, PrunekitError
 from .io import check_output_path, write_json
+from .io.digest import directory_digest
 from .models.loading import LoadedModel
 from .recipe import Recipe, RecipeStep, check_recipe_targets, parse_recipe
 
 STATE_NAME = "state.json"
+COMMIT_PREFIX = "step-"
 
 
 def load_recipe_file(path: str | Path) -> Recipe:
@@ -41,7 +47,11 @@ def work_dir_for(out: Path) -> Path:
 
 
 def _fingerprint(recipe: Recipe, model: str) -> str:
-    return hashlib.sha256((recipe.text + "\0" + str(model)).encode()).hexdigest()
+    """The recipe text and what the model *is*: a local directory's (or file's) content digest, so
+    a model replaced in place under the same path is not resumed; a hub id by its name."""
+    path = Path(str(model)).expanduser()
+    identity = directory_digest(path) if path.exists() else str(model)
+    return hashlib.sha256((recipe.text + "\0" + identity).encode()).hexdigest()
 
 
 def run_step(lm: LoadedModel, item: RecipeStep, *, data_root, progress: bool) -> dict:
@@ -83,9 +93,10 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, *, resume: bool = Fa
         if state["fingerprint"] != fingerprint:
             raise ArgumentError(f"{work} was started with another recipe or model; run without --resume to start over")
         records = state["records"]
-        lm = load(str(work / "checkpoint"))
+        checkpoint = _last_commit(work) / "checkpoint"
+        lm = load(str(checkpoint))
         lm.source.update(state["source"])
-        _reattach_artifacts(lm, work / "checkpoint")
+        _reattach_artifacts(lm, checkpoint)
     else:
         shutil.rmtree(work, ignore_errors=True)
         lm = load(model)
@@ -123,17 +134,34 @@ def _remaining(recipe: Recipe, done: int) -> Recipe:
     return Recipe(recipe.steps[done:], recipe.source, recipe.model, recipe.text)
 
 
+def _commits(work: Path) -> list[Path]:
+    """The whole commits in ``work``, oldest first (a half-written one is still a hidden temp folder)."""
+    if not work.is_dir():
+        return []
+    return sorted(p for p in work.iterdir() if p.is_dir() and p.name.startswith(COMMIT_PREFIX)
+                  and (p / STATE_NAME).is_file() and (p / "checkpoint").is_dir())
+
+
+def _last_commit(work: Path) -> Path:
+    return _commits(work)[-1]
+
+
 def _read_state(work: Path) -> dict | None:
-    path = work / STATE_NAME
-    if not path.is_file() or not (work / "checkpoint").is_dir():
-        return None
-    return json.loads(path.read_text())
+    commits = _commits(work)
+    return json.loads((commits[-1] / STATE_NAME).read_text()) if commits else None
 
 
 def _checkpoint(lm: LoadedModel, work: Path, fingerprint: str, records: list[dict]) -> None:
-    """The model after the last completed step, and the records so far (each written atomically)."""
+    """Commit the model after the last completed step and the records so far, in one rename."""
     work.mkdir(parents=True, exist_ok=True)
-    api.save(lm, work / "checkpoint", record=api.build_record(lm, records), overwrite=True, report=False)
-    tmp = work / f"{STATE_NAME}.tmp"
-    write_json(tmp, {"fingerprint": fingerprint, "completed": len(records), "records": records, "source": lm.source})
-    tmp.replace(work / STATE_NAME)
+    name = f"{COMMIT_PREFIX}{len(records):04d}"
+    tmp = work / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    api.save(lm, tmp / "checkpoint", record=api.build_record(lm, records), overwrite=True, report=False)
+    write_json(tmp / STATE_NAME, {"fingerprint": fingerprint, "completed": len(records), "records": records,
+                                  "source": lm.source})
+    shutil.rmtree(work / name, ignore_errors=True)  # a stale commit of this number from an abandoned run
+    tmp.rename(work / name)  # the commit point
+    for older in _commits(work)[:-1]:
+        shutil.rmtree(older, ignore_errors=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DataError
+from ..io.digest import sha256_files
 
 PACKAGE_REPO = Path(__file__).resolve().parents[3]  # src/prunekit/data/corpora.py -> repo root
 
@@ -141,15 +141,6 @@ class Documents:
     provenance: dict = field(default_factory=dict)
 
 
-def _sha256(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def _from_hub(corpus: str, spec: SplitSource, expected: Path) -> Documents:
     try:
         import datasets  # noqa: PLC0415 - optional dependency
@@ -187,7 +178,7 @@ def load_documents(corpus: str, split: str, data_root: str | os.PathLike | None)
     provenance = {
         "source": "data_root",
         "files": [str(p) for p in files],
-        "sha256": _sha256(files),
+        "sha256": sha256_files(files),
     }
     return Documents(docs, provenance)
 
@@ -206,7 +197,7 @@ def load_local_documents(path: Path) -> Documents:
         raise DataError(f"{path}: unsupported data file type '{kind}' (use .txt or .jsonl, optionally .gz)")
     if not any(doc.strip() for doc in docs):
         raise DataError(f"{path}: the file holds no text")
-    return Documents(docs, {"source": "file", "files": [str(path)], "sha256": _sha256([path])})
+    return Documents(docs, {"source": "file", "files": [str(path)], "sha256": sha256_files([path])})
 
 
 def parse_corpus_name(spec: str) -> tuple[str, str | None]:
