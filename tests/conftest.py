@@ -41,9 +41,15 @@ def tiny_config(family: str):
     if family == "gpt_neo":
         return tf.GPTNeoConfig(hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
                                window_size=16, max_position_embeddings=256, intermediate_size=128, **common)
+    if family in UNADAPTED_FAMILIES:  # model types prunekit has no adapter for (evaluation only)
+        cls = getattr(tf, UNADAPTED_FAMILIES[family])
+        extra = {"head_dim": 16} if family == "gemma3_text" else {}
+        return cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=256, **extra, **common)
     raise ValueError(family)
 
 
+UNADAPTED_FAMILIES = {"olmo2": "Olmo2Config", "gemma3_text": "Gemma3TextConfig"}
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "opt", "gpt_neox", "gpt2", "gpt_neo")
 
 

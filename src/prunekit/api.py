@@ -22,10 +22,11 @@ from .capture.layerwise import PhaseClock
 from .capture.paired import paired_layerwise
 from .capture.parallel_layers import parallel_layerwise
 from .data import calibration_windows, evaluation_windows, resolve_data_root
-from .errors import ArgumentError
+from .errors import ArgumentError, UnsupportedArchitectureError
 from .eval.perplexity import perplexity
 from .io import peak_rss_mb, save_model, versions
 from .io.shapes import has_per_layer_shapes, sync_config_shapes
+from .models.adapters import supported_model_types
 from .models.loading import LoadedModel, load_model
 from .recipe import CalibrationSettings, Step
 from .recovery import LoraSettings, recover_lora
@@ -37,9 +38,14 @@ from .parallel import check_workers
 MAX_DEFAULT_SEQLEN = 4096
 
 
-def load(model: str | os.PathLike, *, gguf_file: str | None = None, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """Load a causal LM (local directory, GGUF file in a directory, or hub id)."""
-    return load_model(model, gguf_file=gguf_file, dtype=dtype, device=device)
+def load(model: str | os.PathLike, *, gguf_file: str | None = None, dtype: str = "auto", device: str = "auto",
+         require_adapter: bool = True) -> LoadedModel:
+    """Load a causal LM (local directory, GGUF file in a directory, or hub id).
+
+    ``require_adapter=False`` loads any causal LM for evaluation (perplexity, zero-shot, ICL,
+    cost, sparsity check); pruning needs a family adapter, and the default refuses a model type
+    without one from its config, before a GGUF is converted or weights are read."""
+    return load_model(model, gguf_file=gguf_file, dtype=dtype, device=device, require_adapter=require_adapter)
 
 
 def default_seqlen(loaded: LoadedModel) -> int:
@@ -74,6 +80,10 @@ def prune(
     """
     step = method if isinstance(method, Step) else Step(method, sparsity, pattern, roles, layers, options)
     method_cls, parsed_options, target = step.validated()
+    if not loaded.adapter.prunable:
+        raise UnsupportedArchitectureError(
+            f"cannot prune model type '{loaded.source.get('model_type')}': prunekit has no adapter for it (adapters: "
+            f"{', '.join(supported_model_types())}); it was loaded for evaluation only")
     if residency is not None:
         require_streamable(method_cls, parsed_options)
     calibration = calibration or CalibrationSettings()

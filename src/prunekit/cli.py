@@ -326,8 +326,13 @@ def build_parser(method: str | None = None, heal: bool = False) -> argparse.Argu
     return parser
 
 
+# commands that only run or inspect a model: any causal LM, no family adapter needed
+EVALUATION_COMMANDS = ("eval", "bench", "check")
+
+
 def _load(args) -> "api.LoadedModel":
-    return api.load(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device)
+    return api.load(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device,
+                    require_adapter=args.command not in EVALUATION_COMMANDS)
 
 
 def _evaluate(lm, args, datasets: list[str]) -> dict | None:

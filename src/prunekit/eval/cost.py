@@ -142,7 +142,7 @@ def measure(model: str, load_options: dict, settings: CostSettings, quiet: bool 
     _reset_hwm()
     before = _hwm_mb()
     started = time.perf_counter()
-    loaded = load(model, **load_options)
+    loaded = load(model, **load_options, require_adapter=False)
     load_seconds = time.perf_counter() - started
     at_load = _hwm_mb()
     reset = _reset_hwm()

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ModelLoadError, UnsupportedArchitectureError
 from ..io.shapes import REMOTE_FILE, needs_remote_code, remote_code_text
 from ..surgery.lowrank import adopt_factored
-from .adapters import Adapter, adapter_class_for
+from .adapters import ADAPTERS, Adapter, GenericAdapter, adapter_class_for
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,43 @@ def _find_gguf(model_dir: Path) -> str | None:
     raise ModelLoadError(f"{model_dir} is not a Hugging Face model directory (no config.json, no .gguf file)")
 
 
-def check_config(config: Any, where: str) -> type[Adapter]:
-    adapter_cls = adapter_class_for(getattr(config, "model_type", "<unknown>"))
+def check_config(config: Any, where: str, require_adapter: bool = True) -> type[Adapter]:
+    """The adapter class for ``config``: a family's, or with ``require_adapter=False`` for a model
+    type without one, the role-less :class:`GenericAdapter` (evaluation needs no roles)."""
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
         raise UnsupportedArchitectureError(
             f"{where} is not a causal language model (architectures: {', '.join(archs)})"
         )
-    return adapter_cls
+    model_type = getattr(config, "model_type", "<unknown>")
+    if not require_adapter and not any(model_type in cls.model_types for cls in ADAPTERS):
+        return GenericAdapter
+    return adapter_class_for(model_type)
+
+
+def peek_config(model: str | os.PathLike, gguf_file: str | None = None) -> Any | None:
+    """A local model's config without loading or converting it: ``config.json``, an already
+    converted GGUF's cached config, or the GGUF file's metadata (a few seconds, not a conversion).
+    None for a hub id or a path that does not exist (loading reports those)."""
+    from transformers import AutoConfig
+
+    path = Path(str(model)).expanduser()
+    if path.is_file() and path.suffix == ".gguf" and not gguf_file:
+        path, gguf_file = path.parent, path.name
+    if not path.is_dir():
+        return None
+    gguf_file = gguf_file or _find_gguf(path)
+    try:
+        if gguf_file is None:
+            return AutoConfig.from_pretrained(str(path))
+        cached = _gguf_cache_dir(path / gguf_file)
+        if (cached / "config.json").is_file():
+            return AutoConfig.from_pretrained(str(cached))
+        return AutoConfig.from_pretrained(str(path), gguf_file=gguf_file)
+    except ValueError as exc:  # transformers' GGUF reader: "GGUF model with architecture X is not supported yet."
+        raise UnsupportedArchitectureError(f"{path / gguf_file if gguf_file else path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read the config of {path}: {exc}") from exc
 
 
 def resolve_source(model: str | os.PathLike, gguf_file: str | None = None) -> tuple[str | Path, dict[str, Any]]:
@@ -196,14 +225,22 @@ def load_model(
     dtype: str = "auto",
     device: str = "auto",
     num_layers: int | None = None,
+    require_adapter: bool = True,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, and pick the adapter for its family.
 
+    With ``require_adapter`` (what pruning needs) a model type without a family adapter is refused
+    from its config *before* any GGUF conversion or weight load; without it (evaluation, bench,
+    check) any causal LM loads, with the role-less generic adapter where no family adapter exists.
     ``num_layers`` keeps only the first layers (used to measure how memory scales with depth).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
+    if require_adapter:
+        early = peek_config(model, gguf_file)
+        if early is not None:
+            check_config(early, str(model))
     load_from, source = resolve_source(model, gguf_file)
     name = source["model"]
 
@@ -216,7 +253,7 @@ def load_model(
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from exc
         raise ModelLoadError(f"cannot read the config of {load_from}: {exc}") from exc
-    adapter_cls = check_config(config, name)
+    adapter_cls = check_config(config, name, require_adapter)
     trusted_code = _own_remote_code(load_from, config)
     if needs_remote_code(config) and not trusted_code:
         raise ModelLoadError(f"{load_from} has pruned shapes (per-layer or factored) but its {REMOTE_FILE} is not the one prunekit "

@@ -6,6 +6,7 @@ from torch import nn
 
 from ...errors import UnsupportedArchitectureError
 from .base import ALL_ROLES, Adapter, LinearView
+from .generic import GenericAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neo import GPTNeoAdapter
 from .gpt_neox import GPTNeoXAdapter
@@ -29,10 +30,13 @@ def adapter_class_for(model_type: str) -> type[Adapter]:
     )
 
 
-def adapter_for(model: nn.Module) -> Adapter:
-    """The adapter serving ``model`` (raises a clear error for unknown families)."""
+def adapter_for(model: nn.Module, require_family: bool = True) -> Adapter:
+    """The adapter serving ``model``; for a family without one, a clear error, or (when
+    ``require_family`` is False) the role-less :class:`GenericAdapter` that evaluation needs."""
     model_type = getattr(getattr(model, "config", None), "model_type", None) or "<no config>"
+    if not require_family and not any(model_type in cls.model_types for cls in ADAPTERS):
+        return GenericAdapter(model)
     return adapter_class_for(model_type)(model)
 
 
-__all__ = ["ALL_ROLES", "ADAPTERS", "Adapter", "LinearView", "adapter_for", "adapter_class_for", "supported_model_types"]
+__all__ = ["ALL_ROLES", "ADAPTERS", "Adapter", "GenericAdapter", "LinearView", "adapter_for", "adapter_class_for", "supported_model_types"]

@@ -82,6 +82,7 @@ class Adapter:
     # groups whose channels may be permuted without changing the function (the MLP intermediate).
     channel_producers: ClassVar[dict[str, tuple[str, ...]]] = {}
     depth_key: ClassVar[str] = "num_hidden_layers"  # the config field holding the number of layers
+    prunable: ClassVar[bool] = True  # False for the role-less adapter that serves evaluation only
 
     def __init__(self, model: nn.Module):
         self.model = model

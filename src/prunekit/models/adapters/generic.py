@@ -1,0 +1,57 @@
+"""The adapter of a model prunekit has no family adapter for: enough to evaluate and inspect it.
+
+Perplexity, zero-shot and ICL scoring, ``bench``, ``check`` and ``report`` need only the model's
+forward pass, its context length and, for ``check``, the linear maps of its decoder layers — none
+of which needs roles. This adapter finds the decoder layers structurally (the module list whose
+length is the config's layer count) and lists every ``nn.Linear`` of a layer, each its own input
+group and without a role. Pruning refuses it (``prunable = False``): methods see maps by role.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ...errors import UnsupportedArchitectureError
+from .base import Adapter, LinearView
+
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
+class GenericAdapter(Adapter):
+    family = "generic"
+    prunable = False
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.layers_path = self._find_layers_path()
+
+    def _find_layers_path(self) -> str:
+        count = next((getattr(self.config, key) for key in LAYER_COUNT_KEYS if isinstance(getattr(self.config, key, None), int)), None)
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.ModuleList) and count is not None and len(module) == count and name:
+                return name
+        raise UnsupportedArchitectureError(
+            f"model type '{getattr(self.model.config, 'model_type', '?')}': no module list of its {count} decoder "
+            "layers was found")
+
+    def linear_specs(self) -> list[tuple[str, tuple[str, ...], str]]:
+        return self._specs(0)
+
+    def _specs(self, index: int) -> list[tuple[str, tuple[str, ...], str]]:
+        layer = self.decoder_layers()[index]
+        return [(name, (), name) for name, module in layer.named_modules() if isinstance(module, nn.Linear)]
+
+    def linears(self, index: int) -> list[LinearView]:
+        # layers may differ (MoE and dense layers mixed): each layer lists its own linears
+        layer = self.decoder_layers()[index]
+        return [LinearView(name=f"{self.layer_prefix(index)}.{name}", local_name=name, roles=roles,
+                           module=layer.get_submodule(name), input_group=group)
+                for name, roles, group in self._specs(index)]
+
+    @property
+    def hidden_size(self) -> int:
+        for key in ("hidden_size", "n_embd", "d_model"):
+            if getattr(self.config, key, None):
+                return int(getattr(self.config, key))
+        raise UnsupportedArchitectureError("the config names no hidden size")

@@ -1,0 +1,74 @@
+"""Evaluation needs no adapter; pruning refuses a model type without one before any slow work."""
+
+import json
+
+import pytest
+
+from prunekit.cli import main
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("prunekit: error:"), err
+    return err[0]
+
+
+@pytest.mark.parametrize("family", ["olmo2", "gemma3_text"])
+def test_eval_check_and_bench_work_on_a_model_type_without_adapter(tiny_model_dir, data_root, tmp_path, capsys, family):
+    model = tiny_model_dir(family)
+    out = tmp_path / "eval.json"
+    assert run_cli("eval", "--model", model, "--ppl", "wikitext2", "--max-windows", "1", "--eval-seqlen", "32",
+                   "--data-root", data_root, "--json", out, "--no-progress") == 0
+    assert json.loads(out.read_text())["ppl"]["wikitext2"] > 1
+    assert run_cli("check", "--model", model, "--json", tmp_path / "check.json", "--no-progress") == 0
+    check = json.loads((tmp_path / "check.json").read_text())
+    assert check["sparsity"]["overall"] == 0 and len(check["sparsity"]["layers"]) == 14  # 7 linears x 2 layers
+    assert run_cli("bench", "--model", model, "--repeats", "1", "--prompt-len", "8", "--new-tokens", "2", "--batch", "1",
+                   "--json", tmp_path / "bench.json") == 0
+    assert json.loads((tmp_path / "bench.json").read_text())["model"]["layers"] == 2
+    capsys.readouterr()
+    assert run_cli("prune", "--model", model, "--method", "magnitude", "--sparsity", "0.5", "--out", tmp_path / "p",
+                   "--no-progress") != 0
+    assert f"unsupported architecture '{family}'" in error_line(capsys)
+    assert not (tmp_path / "p").exists()
+
+
+def _metadata_only_gguf(directory, architecture: str):
+    import gguf
+    import numpy as np
+
+    directory.mkdir()
+    writer = gguf.GGUFWriter(str(directory / "model.gguf"), architecture)
+    writer.add_name("tiny")
+    writer.add_context_length(256)
+    writer.add_embedding_length(64)
+    writer.add_block_count(2)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return directory
+
+
+@pytest.mark.parametrize("architecture,message", [("gemma3", "unsupported architecture 'gemma3_text'"),
+                                                  ("rwkv7", "architecture rwkv7 is not supported")])
+def test_prune_refuses_from_the_gguf_metadata_before_converting(tmp_path, capsys, monkeypatch, architecture, message):
+    import prunekit.models.loading as loading
+
+    def no_conversion(*_args, **_kwargs):
+        raise AssertionError("the GGUF was converted before the architecture check")
+
+    monkeypatch.setattr(loading, "convert_gguf", no_conversion)
+    model = _metadata_only_gguf(tmp_path / "gguf", architecture)
+    assert run_cli("prune", "--model", model, "--method", "magnitude", "--sparsity", "0.5", "--out", tmp_path / "p",
+                   "--no-progress") != 0
+    assert message in error_line(capsys)
+    assert not (tmp_path / "p").exists()
