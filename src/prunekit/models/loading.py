@@ -162,8 +162,24 @@ def check_config(config: Any, where: str, require_adapter: bool = True) -> type[
         )
     model_type = getattr(config, "model_type", "<unknown>")
     if not require_adapter and not any(model_type in cls.model_types for cls in ADAPTERS):
+        if not_decoder_only(config):
+            raise UnsupportedArchitectureError(f"unsupported architecture '{model_type}': {not_decoder_only(config)}")
         return GenericAdapter
     return adapter_class_for(model_type)
+
+
+def not_decoder_only(config: Any) -> str | None:
+    """Why a config is not a decoder-only causal LM that transformers can build, or None."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return "an encoder-decoder model; prunekit works on decoder-only causal LMs"
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "transformers has no causal-LM class for this model type"
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:  # BERT-like: a causal head exists, but it is an encoder
+        return "an encoder model (its causal-LM head is a decoder add-on); prunekit works on decoder-only causal LMs"
+    return None
 
 
 def peek_config(model: str | os.PathLike, gguf_file: str | None = None) -> Any | None:
