@@ -4,17 +4,7 @@ import json
 
 import pytest
 
-from prunekit.cli import main
-
-
-def run_cli(*args):
-    return main([str(a) for a in args])
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("prunekit: error:"), err
-    return err[0]
+from test_cli import only_error_line as error_line, run_cli
 
 
 @pytest.mark.parametrize("family", ["olmo2", "gemma3_text"])

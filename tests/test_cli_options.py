@@ -2,17 +2,7 @@
 
 import pytest
 
-from prunekit.cli import main
-
-
-def run_cli(*args):
-    return main([str(a) for a in args])
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("prunekit: error:"), err
-    return err[0]
+from test_cli import only_error_line as error_line, run_cli
 
 
 def test_method_help_shows_that_methods_options_on_one_screen(capsys):

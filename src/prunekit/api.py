@@ -346,24 +346,28 @@ def save(loaded: LoadedModel, out: str | os.PathLike, *, record: dict, overwrite
 
 
 def materialize(path: str | os.PathLike | dict, sparsity: float, *, model: str | os.PathLike | None = None,
-                gguf_file: str | None = None, dtype: str = "auto", device: str = "auto") -> tuple[LoadedModel, dict]:
+                gguf_file: str | None = None, dtype: str = "auto", device: str = "auto",
+                round_to: int = 1) -> tuple[LoadedModel, dict]:
     """Cut the model an SPP path was computed on at ``sparsity``, without searching again.
 
     ``path``: an SPP run's output directory, its ``path.json``, or the loaded dict. ``model``
     overrides where the dense model is read from (default: the path's record of it); the model's
-    fingerprint must match. Returns the shrunk model and its step record for ``prunekit.json``.
+    fingerprint must match; ``round_to`` keeps each layer's MLP channels a multiple of N. Returns
+    the shrunk model and its step record for ``prunekit.json``.
     """
+    from .methods.unit_plan import validate_round_to
     from .solution_path import check_model, check_sparsity as check_path_sparsity, materialize as cut, read_path
 
     started = time.perf_counter()
+    validate_round_to(round_to)
     spec = path if isinstance(path, dict) else read_path(path)
     check_path_sparsity(spec, sparsity)
     source = model if model is not None else spec["model"].get("model")
     loaded = load(source, gguf_file=gguf_file if model is not None else spec["model"].get("gguf_file"), dtype=dtype,
                   device=device)
     check_model(spec, loaded)
-    width = cut(loaded, spec, sparsity)
-    return loaded, {"step": {"method": "spp", "options": {"ratio": sparsity, "materialized_from": str(path)
+    width = cut(loaded, spec, sparsity, round_to=round_to)
+    return loaded, {"step": {"method": "spp", "options": {"ratio": sparsity, "round_to": round_to, "materialized_from": str(path)
                                                            if not isinstance(path, dict) else "path"}},
                     "calibration": None, "width": width, "sparsity": {}, "layers": [],
                     "timings": {"prune": round(time.perf_counter() - started, 3)}, "peak_rss_mb": peak_rss_mb()}

@@ -224,6 +224,8 @@ def build_parser(method: str | None = None, heal: bool = False) -> argparse.Argu
     materialize.add_argument("--sparsity", type=float, required=True,
                              help="fraction of heads and MLP channels removed per pruned layer (within the path's range)")
     materialize.add_argument("--model", help="the dense model the path was computed on (default: the one path.json names)")
+    materialize.add_argument("--round-to", type=int, default=1, help="keep each layer's MLP channels a "
+                             "multiple of N (for a later N:M step) (default 1)")
     materialize.add_argument("--gguf-file", help="GGUF file inside --model")
     materialize.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     materialize.add_argument("--device", default="auto")
@@ -402,7 +404,7 @@ def cmd_materialize(args) -> int:
     _validate_eval_args(args)
     check_output_path(args.out, args.overwrite)
     lm, step = api.materialize(args.path, args.sparsity, model=args.model, gguf_file=args.gguf_file, dtype=args.dtype,
-                               device=args.device)  # reads and checks the path before loading the model
+                               device=args.device, round_to=args.round_to)  # checks the path before loading the model
     started = time.perf_counter()
     evaluation = _evaluate(lm, args, args.eval)
     record = api.build_record(lm, [step], evaluation, {"eval": round(time.perf_counter() - started, 3)} if evaluation else {})

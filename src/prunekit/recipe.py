@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import ArgumentError
 from .methods import get_method
-from .sparsity import SparsityTarget
+from .sparsity import SparsityTarget, parse_pattern
 
 
 @dataclass
@@ -182,6 +182,7 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
             raise ArgumentError(message if message.startswith(source) else f"{where}: {message}") from exc
     recipe = Recipe(steps, source, data.get("model"), text)
     _check_order(recipe)
+    _round_widths_for_later_patterns(recipe)
     return recipe
 
 
@@ -236,6 +237,23 @@ def _check_order(recipe: Recipe) -> None:
                                 f"{method_cls.kind} step cannot change; put this step before it or drop --factored")
         if method_cls.kind == "lowrank" and getattr(options, "factored", False):
             factored_at = (number, item.line)
+
+
+def _round_widths_for_later_patterns(recipe: Recipe) -> None:
+    """A width step followed by an N:M step must leave widths M divides: where the recipe does not
+    say ``round_to`` itself, it becomes the least common multiple of the later steps' M."""
+    import math
+
+    for number, item in enumerate(recipe.steps):
+        if item.step is None or "round_to" in item.step.options:
+            continue
+        method_cls = item.step.validated()[0]
+        if method_cls.kind != "width":
+            continue
+        later = [parse_pattern(s.step.pattern)[1] for s in recipe.steps[number + 1:] if s.step is not None and s.step.pattern]
+        if later:
+            item.step.options["round_to"] = math.lcm(*later)
+            item.step.validated()
 
 
 def check_recipe_targets(recipe: Recipe, adapter) -> None:

@@ -21,7 +21,7 @@ import torch
 from .data.tasks import read_json_file
 from .errors import ArgumentError, DataError
 from .io.shapes import sync_config_shapes
-from .methods.llm_pruner import choose_removed, global_plan, removal_count
+from .methods.unit_plan import plan_removals
 from .models.loading import LoadedModel
 from .surgery.shrink import remove_units
 
@@ -102,8 +102,9 @@ def unit_scores(entry: dict) -> torch.Tensor:
     return -torch.tensor([t if t is not None else math.inf for t in entry["entry_time"]], dtype=torch.float64)
 
 
-def materialize(loaded: LoadedModel, path: dict, sparsity: float) -> dict:
-    """Remove the units the path drops at ``sparsity`` from ``loaded`` (in place); the width report."""
+def materialize(loaded: LoadedModel, path: dict, sparsity: float, round_to: int = 1) -> dict:
+    """Remove the units the path drops at ``sparsity`` from ``loaded`` (in place); the width report.
+    ``round_to`` keeps each layer's MLP channels a multiple of N (see :mod:`prunekit.methods.unit_plan`)."""
     check_sparsity(path, sparsity)
     adapter = loaded.adapter
     grouping = path["head_grouping"]
@@ -119,11 +120,7 @@ def materialize(loaded: LoadedModel, path: dict, sparsity: float) -> dict:
                                     "materialise from the dense model the path was computed on")
             scores[(i, kind)] = unit_scores(entry)
     params_before = sum(p.numel() for p in loaded.model.parameters())
-    if path["global_ranking"]:
-        plan = global_plan(groups, scores, sparsity, kinds)
-    else:
-        plan = {(i, k): choose_removed(groups[i][k], scores[(i, k)], removal_count(groups[i][k], sparsity))
-                for i in layers for k in kinds}
+    plan = plan_removals(groups, scores, sparsity, kinds, global_ranking=path["global_ranking"], round_to=round_to)
     reports = []
     for i in layers:
         entry = {"index": i}
@@ -132,7 +129,7 @@ def materialize(loaded: LoadedModel, path: dict, sparsity: float) -> dict:
         reports.append(entry)
     config_mode = sync_config_shapes(adapter)
     params_after = sum(p.numel() for p in loaded.model.parameters())
-    return {"ratio": sparsity, "importance": "spp", "layers_pruned": layers, "head_grouping": grouping,
+    return {"ratio": sparsity, "importance": "spp", "layers_pruned": layers, "head_grouping": grouping, "round_to": round_to,
             "global_ranking": path["global_ranking"], "params_before": params_before, "params_after": params_after,
             "params_removed_fraction": 1 - params_after / params_before, "config": config_mode, "layers": reports}
 

@@ -34,19 +34,15 @@ from ..models.adapters.units import UnitGroup
 from ..surgery.shrink import remove_units
 from ..capture.layerwise import layerwise
 from .base import WidthMethod, register
+from .unit_plan import (parse_layer_range, parse_unit_kinds, plan_removals, removal_count, unit_params,
+                        validate_round_to)
 from .ria import ria_scores
 
 IMPORTANCES = ("element1", "element2", "vector", "ria", "l1", "l2", "random")
 AGGREGATES = ("sum", "mean", "max", "prod", "last")
-KINDS = ("heads", "channels")
 
 
-def parse_unit_kinds(text: str, flag: str) -> list[str]:
-    """The unit kinds a comma list names, in KINDS order; one clear error naming ``flag`` otherwise."""
-    named = [k.strip() for k in text.split(",") if k.strip()]
-    if not named or any(k not in KINDS for k in named):
-        raise ArgumentError(f"{flag} must name heads and/or channels, got '{text}'")
-    return [k for k in KINDS if k in named]
+
 
 
 @dataclass
@@ -69,22 +65,12 @@ class LLMPrunerOptions:
     units: str = field(default="heads,channels", metadata={"help": "width: which units to prune: heads, channels or both"})
     random_seed: int = field(default=0, metadata={"help": "width: seed of --importance random"})
     checkpointing: bool = field(default=False, metadata={"help": "width: gradient checkpointing for the Taylor pass"})
+    round_to: int = field(default=1, metadata={
+        "help": "width: keep each layer's MLP channels a multiple of N (a later N:M step needs M to divide them; "
+                "recipes set it from such a step) (default 1)"})
 
 
-def parse_layer_range(text: str, depth: int) -> list[int]:
-    """``"0.125:0.9375"`` (fractions of depth, rounded) or ``"4:28"`` (indices) -> layer indices."""
-    try:
-        start_text, end_text = text.split(":")
-        fractional = "." in text
-        start = round(float(start_text) * depth) if fractional else int(start_text)
-        end = round(float(end_text) * depth) if fractional else int(end_text)
-    except ValueError:
-        raise ArgumentError(f"--layer-range must be START:END (fractions like 0.125:0.9375 or indices like 4:28), got '{text}'") from None
-    if fractional and not (0 <= float(start_text) < float(end_text) <= 1):
-        raise ArgumentError(f"--layer-range fractions must satisfy 0 <= START < END <= 1, got '{text}'")
-    if not 0 <= start < end <= depth:
-        raise ArgumentError(f"--layer-range {text} selects no layers of a {depth}-layer model (0 <= START < END <= {depth})")
-    return list(range(start, end))
+
 
 
 def member_scores(group: UnitGroup, importance: str, grads: dict | None, fishers: dict | None, generator,
@@ -130,33 +116,13 @@ def aggregate(scores: torch.Tensor, how: str) -> torch.Tensor:
     return {"sum": scores.sum(0), "mean": scores.mean(0), "max": scores.amax(0), "prod": scores.prod(0)}[how]
 
 
-def unit_params(group: UnitGroup) -> int:
-    """Parameters one unit of ``group`` carries (weights and bias entries)."""
-    total = 0
-    for member in group.members:
-        width = member.index.shape[1]
-        other = member.view.weight.shape[1 - member.axis]
-        has_bias = member.axis == 0 and getattr(member.view.module, "bias", None) is not None
-        total += width * (other + (1 if has_bias else 0))
-    return total
 
 
-def removal_count(group: UnitGroup, ratio: float) -> int:
-    """Units removed from ``group`` at ``ratio`` (per KV group when the units are partitioned)."""
-    per_block = round(ratio * group.block + 1e-9)
-    return per_block * group.partition
 
 
-def choose_removed(group: UnitGroup, scores: torch.Tensor, count: int) -> list[int]:
-    """The ``count`` lowest-scored units, taken equally from each partition block."""
-    if count == 0:
-        return []
-    per_block = count // group.partition
-    removed: list[int] = []
-    for b in range(group.partition):
-        block = scores[b * group.block : (b + 1) * group.block]
-        removed += (torch.sort(block, stable=True).indices[:per_block] + b * group.block).tolist()
-    return sorted(removed)
+
+
+
 
 
 @register
@@ -187,6 +153,7 @@ class LLMPruner(WidthMethod):
         if options.param_ratio is not None and not 0 < options.param_ratio < 1:
             raise ArgumentError(f"--param-ratio must be in (0, 1) (got {options.param_ratio})")
         parse_unit_kinds(options.units, "--units")
+        validate_round_to(options.round_to)
 
     @property
     def kinds(self) -> list[str]:
@@ -221,11 +188,8 @@ class LLMPruner(WidthMethod):
         del grads, fishers
         scoring_seconds = time.perf_counter() - started
 
-        if opts.global_ranking:
-            plan = global_plan(groups, scores, ratio, self.kinds)
-        else:
-            plan = {(i, k): choose_removed(groups[i][k], scores[(i, k)], removal_count(groups[i][k], ratio))
-                    for i in layers for k in self.kinds}
+        plan = plan_removals(groups, scores, ratio, self.kinds, global_ranking=opts.global_ranking,
+                             round_to=opts.round_to)
         layer_reports = []
         for i in layers:
             entry = {"index": i}
@@ -266,20 +230,3 @@ class LLMPruner(WidthMethod):
         return best[1]
 
 
-def global_plan(groups: dict, scores: dict, ratio: float, kinds: list[str]) -> dict:
-    """Rank units of all layers together: remove the lowest-scored of each kind until as many are
-    gone as the per-layer ``ratio`` would remove in total, never emptying a layer."""
-    plan = {}
-    for k in kinds:
-        pool = [(float(s), i, u) for i, g in groups.items() for u, s in enumerate(scores[(i, k)])]
-        budget = sum(removal_count(g[k], ratio) for g in groups.values())
-        taken: dict[int, list[int]] = {i: [] for i in groups}
-        for score, i, u in sorted(pool):
-            if budget == 0:
-                break
-            if len(taken[i]) < groups[i][k].units - 1:  # never empty a layer
-                taken[i].append(u)
-                budget -= 1
-        for i in groups:
-            plan[(i, k)] = sorted(taken[i])
-    return plan

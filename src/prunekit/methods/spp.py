@@ -51,7 +51,8 @@ from ..errors import ArgumentError
 from ..lbi import LBISettings, PathResult, largest_eigenvalue, linearized_bregman
 from ..models.adapters.units import UnitGroup
 from .base import WidthMethod, register
-from .llm_pruner import member_scores, parse_layer_range, parse_unit_kinds
+from .llm_pruner import member_scores
+from .unit_plan import parse_layer_range, parse_unit_kinds, validate_round_to
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class SPPOptions:
     global_ranking: bool = field(default=False, metadata={"help": "width: rank units of all selected layers together"})
     head_grouping: str = field(default="kv", metadata={"choices": ("kv", "query"), "help": "width: GQA head unit"})
     units: str = field(default="heads,channels", metadata={"help": "width: which units to prune: heads, channels or both"})
+    round_to: int = field(default=1, metadata={
+        "help": "width: keep each layer's MLP channels a multiple of N when the path is cut (a later N:M step "
+                "needs M to divide them; recipes set it from such a step) (default 1)"})
     lbi_kappa: float = field(default=1.0, metadata={"help": "SPP: κ of Γ = κ·shrink(V, τ) (default 1)"})
     lbi_nu: float = field(default=100.0, metadata={"help": "SPP: ν, the coupling ||m − Γ||²/(2ν) (default 100)"})
     lbi_alpha: float | None = field(default=None, metadata={"help": "SPP: step size α (default 1/(L + 1/ν) per layer)"})
@@ -161,6 +165,7 @@ class SPP(WidthMethod):
         if options.ratio is None or not 0 <= options.ratio < 1:
             raise ArgumentError(f"--ratio must be given, in [0, 1) (got {options.ratio})")
         parse_unit_kinds(options.units, "--units")
+        validate_round_to(options.round_to)
         if options.lbi_kappa <= 0 or options.lbi_nu <= 0:
             raise ArgumentError("--lbi-kappa and --lbi-nu must be > 0")
         if options.lbi_alpha is not None and options.lbi_alpha <= 0:
@@ -252,7 +257,7 @@ class SPP(WidthMethod):
 
         path = self.search(loaded, calib_ids, progress=progress)
         started = time.perf_counter()
-        report = materialize(loaded, path, self.options.ratio)
+        report = materialize(loaded, path, self.options.ratio, round_to=self.options.round_to)
         loaded.artifacts["spp_path"] = PathArtifact(path)
         entered = {k: sum(e >= 0 for layer in path["layers"].values() for e in layer[k]["entry_iteration"])
                    / sum(layer[k]["units"] for layer in path["layers"].values()) for k in path["kinds"]}
