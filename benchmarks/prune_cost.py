@@ -32,7 +32,9 @@ from pathlib import Path
 from common import REPO, RESULTS, SHARED, SHARED_MODELS, load_results, markdown_table, store_results
 
 BASELINE = "1e8d4a6"  # main before the cost work of issue 24
-COMPARE_STATES = [("sparsegpt", "50%"), ("wanda", "50%"), ("sparsegpt", "2:4")]
+# (method, target, method options): the float64 state shows what float32 rounding alone moves
+COMPARE_STATES = [("sparsegpt", "50%", {}), ("wanda", "50%", {}), ("sparsegpt", "2:4", {}),
+                  ("sparsegpt", "50%", {"precision": "float64"})]
 TARGETS = {"50%": {"sparsity": 0.5}, "2:4": {"pattern": "2:4"}}
 # Llama shapes by parameter count (vocabulary 49,152: the shared tokenizer's)
 SHAPES = {
@@ -73,7 +75,7 @@ params = sum(p.numel() for p in lm.model.parameters())
 Path("/proc/self/clear_refs").write_text("5")
 started = time.perf_counter()
 record = prunekit.prune(lm, spec["method"], calibration=CalibrationSettings(nsamples=spec["nsamples"], seqlen=spec["seqlen"]),
-                        progress=False, **spec["target"])
+                        progress=False, **spec["target"], **spec.get("options", {}))
 out = {"wall": time.perf_counter() - started, "peak_rss_mb": hwm_mb(), "params": params,
        "prune_seconds": record["timings"]["prune"], "phases": record["timings"].get("phases"),
        "calibration": record["calibration"]}
@@ -127,30 +129,35 @@ def compare_weights(a: Path, b: Path) -> dict:
 def part_compare(args, results: dict, work: Path) -> None:
     base, current = baseline_tree(args.baseline, work), current_tree(args, work)
     model = str(SHARED_MODELS["smollm2-135m"])
-    for method, target in COMPARE_STATES:
+    wanted = set(args.states.split(",")) if args.states else None
+    for method, target, options in COMPARE_STATES:
+        label = f"{method} {target}" + "".join(f" {v}" for v in options.values())
+        if wanted is not None and label not in wanted:
+            continue
         runs: dict[str, list[dict]] = {"baseline": [], "current": []}
         weights = {}
         for repeat in range(args.repeats):
             order = (("baseline", base), ("current", current)) if repeat % 2 == 0 else (("current", current), ("baseline", base))
-            for label, tree in order:
-                spec = {"model": model, "method": method, "target": TARGETS[target], "nsamples": 32, "seqlen": 512}
+            for which, tree in order:
+                spec = {"model": model, "method": method, "target": TARGETS[target], "options": options,
+                        "nsamples": 32, "seqlen": 512}
                 if repeat == 0:
-                    weights[label] = work / f"{label}-{method}-{target.replace(':', 'of')}.safetensors"
-                    spec.update(weights=str(weights[label]), ppl_windows=args.ppl_windows)
-                runs[label].append(run_child(tree, spec))
-                print(method, target, label, runs[label][-1]["prune_seconds"], flush=True)
-        entry = {"method": method, "target": target, "baseline_ref": args.baseline, "current_ref": args.current or "working tree",
-                 "repeats": args.repeats,
+                    weights[which] = work / f"{which}-{label.replace(' ', '-').replace(':', 'of')}.safetensors"
+                    spec.update(weights=str(weights[which]), ppl_windows=args.ppl_windows)
+                runs[which].append(run_child(tree, spec))
+                print(label, which, runs[which][-1]["prune_seconds"], flush=True)
+        entry = {"method": method, "target": target, "options": options, "label": label, "baseline_ref": args.baseline,
+                 "current_ref": args.current or "working tree", "repeats": args.repeats,
                  "ppl_windows": args.ppl_windows}
-        for label, values in runs.items():
-            entry[label] = {"prune_seconds": [r["prune_seconds"] for r in values],
+        for which, values in runs.items():
+            entry[which] = {"prune_seconds": [r["prune_seconds"] for r in values],
                             "median_prune_seconds": statistics.median(r["prune_seconds"] for r in values),
                             "peak_rss_mb": max(r["peak_rss_mb"] for r in values),
                             "phases": values[0]["phases"], "ppl_wikitext2": values[0].get("ppl"),
                             "calibration": values[0]["calibration"]}
         entry["time_ratio"] = entry["current"]["median_prune_seconds"] / entry["baseline"]["median_prune_seconds"]
         entry["weights"] = compare_weights(weights["baseline"], weights["current"])
-        results[f"compare|{method}|{target}"] = entry
+        results["|".join(["compare", method, target, *map(str, options.values())])] = entry
         store_results(RESULTS / "prune_cost.json", results)
 
 
@@ -184,21 +191,23 @@ def write_report(results: dict) -> None:
         for r in compared:
             cur, old = r["current"], r["baseline"]
             phases = cur["phases"] or {}
-            rows.append([f"{r['method']} {r['target']}", f"{old['median_prune_seconds']:.1f}",
+            rows.append([r.get("label", f"{r['method']} {r['target']}"), str(r["repeats"]), f"{old['median_prune_seconds']:.1f}",
                          f"{cur['median_prune_seconds']:.1f}", f"{r['time_ratio']:.2f}",
                          f"{old['peak_rss_mb']:.0f}", f"{cur['peak_rss_mb']:.0f}",
                          " / ".join(f"{phases.get(p, 0):.1f}" for p in ("statistics", "solve", "error_report", "propagate")),
                          f"{old['ppl_wikitext2']:.3f} / {cur['ppl_wikitext2']:.3f}",
                          "identical" if r["weights"]["identical"] else
-                         f"{100 * r['weights']['mask_disagreement']:.4f}% of masks differ, max |ΔW| {r['weights']['max_abs_diff']:.1e}"])
+                         f"{100 * r['weights']['mask_disagreement']:.4f}% of masks differ, largest weight change {r['weights']['max_abs_diff']:.1e}"])
         lines += [f"## This tree against `{ref}`, side by side", "",
-                  markdown_table(["method", f"prune s ({ref})", "prune s (now)", "ratio", f"peak RSS MB ({ref})",
+                  markdown_table(["method", "runs each", f"prune s ({ref}, median)", "prune s (now, median)", "ratio", f"peak RSS MB ({ref})",
                                   "peak RSS MB (now)", "now: statistics / solve / error report / propagate s",
                                   "WikiText-2 ppl (then / now)", "weights"], rows),
                   f"SmolLM2-135M, 32 × 512 C4 calibration windows (seed 0), fresh process per run, the two trees "
-                  f"alternating, median of {compared[0]['repeats']} runs each; perplexity on the first "
+                  f"alternating; perplexity (of each tree's first run) on the first "
                   f"{compared[0]['ppl_windows']} WikiText-2 test windows of 2048 tokens. Peak RSS: the process's VmHWM "
-                  "during the prune (model and calibration included).", ""]
+                  "during the prune (model and calibration included). `sparsegpt 50% float64` runs statistics and solve "
+                  "in float64 (`--precision float64`): there the two trees agree, so what the float32 rows differ by "
+                  "is rounding, to which a 50%-sparse model's perplexity is sensitive at about this level.", ""]
     scaled = [r for k, r in results.items() if k.startswith("scaling|")]
     if scaled:
         order = ["smollm2-135m (real)"] + list(SHAPES)
@@ -258,10 +267,11 @@ def plot_scaling(scaled: list[dict], columns: list[tuple[str, str]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="compare,scaling")
+    parser.add_argument("--parts", default="compare,scaling", help="compare, scaling, or report (rewrite the tables only)")
     parser.add_argument("--baseline", default=BASELINE, help="the commit to time side by side (default %(default)s)")
     parser.add_argument("--current", help="measure this commit as 'now' instead of the working tree")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--states", help="compare only these, e.g. 'sparsegpt 50% float64' (comma list)")
     parser.add_argument("--ppl-windows", type=int, default=4)
     parser.add_argument("--redo", action="store_true", help="re-measure scaling rows already stored")
     args = parser.parse_args()
