@@ -7,7 +7,9 @@ unit's weights, then the members are aggregated into the group's score:
 
 - ``element1``: ``|w · ∂L/∂w|`` (first-order Taylor; the reference default);
 - ``element2``: ``|w · ∂L/∂w − ½ w² F|`` with the Fisher diagonal ``F = mean(gᵢ²)`` over windows;
-- ``vector``: ``|Σ_{w ∈ unit} w · ∂L/∂w|``;
+- ``vector``: ``|Σ_{w ∈ unit} w · ∂L/∂w|`` over the whole unit — a variant of the reference's
+  vectorised Taylor, which takes ``|Σ|`` per channel (row or column) and then sums; the two agree
+  for MLP channels (one line per member) and differ for heads (``head_dim`` lines);
 - ``ria``: RIA's relative importance ``(|w|/Σrow + |w|/Σcol) · ||x||^½`` summed over the unit —
   the one-shot "RIA group score" that SPP's path starts from (calibration norms, no gradients);
 - ``l1`` / ``l2``: weight-norm baselines; ``random``: seeded baseline.
@@ -52,7 +54,8 @@ class LLMPrunerOptions:
     param_ratio: float | None = field(default=None, metadata={
         "help": "width: instead of --ratio, the fraction of all parameters to remove (per-layer ratio solved for)"})
     importance: str = field(default="element1", metadata={"choices": IMPORTANCES,
-                                                           "help": "width: Taylor element1/element2/vector, RIA group score, or l1/l2/random"})
+                                                           "help": "width: Taylor element1/element2/vector (vector: |sum| over the whole unit, a variant of the "
+                                                                   "reference's per-channel |sum|), RIA group score, or l1/l2/random"})
     aggregate: str = field(default="sum", metadata={"choices": AGGREGATES,
                                                     "help": "width: how member importances form a group's score"})
     layer_range: str = field(default="0.125:0.9375", metadata={
