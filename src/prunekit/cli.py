@@ -356,8 +356,8 @@ def _validate_eval_args(args) -> None:
 def cmd_prune(args) -> int:
     options = {key[4:]: value for key, value in vars(args).items() if key.startswith("opt_")}
     step = Step(args.method, args.sparsity, args.pattern, args.roles, args.layers, options)
-    method_cls, options, target = step.validated()  # bad method/options/target fail before the model is loaded
-    _reject_unused_calibration_flags(args, step, method_cls, options, target)
+    method_cls, parsed, target = step.validated()  # bad method/options/target fail before the model is loaded
+    _reject_unused_calibration_flags(args, step, method_cls, parsed, target)
     calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed, args.calib_batch_size)
     calibration.validate()
     heal = _lora_settings(args, "heal_") if args.heal else None

@@ -87,13 +87,14 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, *, resume: bool = Fa
     fingerprint = _fingerprint(recipe, model)
     records: list[dict] = []
     if resume:
-        state = _read_state(work)
-        if state is None:
+        commit = _last_commit(work)
+        if commit is None:
             raise ArgumentError(f"nothing to resume: no work folder {work} (run without --resume)")
+        state = json.loads((commit / STATE_NAME).read_text())
         if state["fingerprint"] != fingerprint:
             raise ArgumentError(f"{work} was started with another recipe or model; run without --resume to start over")
         records = state["records"]
-        checkpoint = _last_commit(work) / "checkpoint"
+        checkpoint = commit / "checkpoint"
         lm = load(str(checkpoint))
         lm.source.update(state["source"])
         _reattach_artifacts(lm, checkpoint)
@@ -142,13 +143,10 @@ def _commits(work: Path) -> list[Path]:
                   and (p / STATE_NAME).is_file() and (p / "checkpoint").is_dir())
 
 
-def _last_commit(work: Path) -> Path:
-    return _commits(work)[-1]
-
-
-def _read_state(work: Path) -> dict | None:
+def _last_commit(work: Path) -> Path | None:
+    """The newest whole commit (its ``state.json`` and ``checkpoint/``), or None."""
     commits = _commits(work)
-    return json.loads((commits[-1] / STATE_NAME).read_text()) if commits else None
+    return commits[-1] if commits else None
 
 
 def _checkpoint(lm: LoadedModel, work: Path, fingerprint: str, records: list[dict]) -> None:

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import NumericalError
-from ..models.adapters.base import LinearView
+from ..models.adapters.base import LinearView, views_by_input_group
 from ..models.loading import LoadedModel
 from ..parallel import LayerJobs, rebuild_views, view_specs
 from .layerwise import _first_layer_inputs, _Inputs, _run_layer, _StopForward
@@ -41,13 +41,6 @@ class PairedStatistics:
     gram: torch.Tensor  # G = X* X*ᵀ
     cross: torch.Tensor  # K = X X*ᵀ
     tokens: int
-
-
-def _groups(views: list[LinearView]) -> list[list[LinearView]]:
-    order: dict[str, list[LinearView]] = {}
-    for view in views:
-        order.setdefault(view.input_group, []).append(view)
-    return list(order.values())
 
 
 def _capture_inputs(layer: torch.nn.Module, local_name: str, inputs: _Inputs, start: int, size: int) -> torch.Tensor:
@@ -104,7 +97,7 @@ def prune_layer_paired(layer: torch.nn.Module, views: list[LinearView], prune_vi
     ``dense_layer``: an unpruned copy of ``layer`` (made here when not given)."""
     dense_layer = dense_layer if dense_layer is not None else copy.deepcopy(layer)  # for X and the target W X
     reports: dict[str, dict] = {}
-    for group in _groups(views):
+    for group in views_by_input_group(views):
         layer_star = (star or dense) if correction != "none" else None
         stats = paired_statistics(dense_layer, layer, group[0], dense, layer_star, batch_size)
         for view in group:

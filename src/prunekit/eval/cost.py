@@ -39,21 +39,25 @@ class CostSettings:
         return self
 
 
-def disk_mb(model_dir: Path) -> float | None:
-    """Size of the weight files on disk (a GGUF directory: the GGUF file as stored)."""
+def weight_files(model_dir: Path) -> list[Path] | None:
+    """The weight files of a model directory (or the one file given); None for a hub id."""
     path = Path(model_dir)
     if not path.exists():  # a hub id: nothing local to measure
         return None
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
-    return sum(p.stat().st_size for p in files) / 2**20
+    return [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
+
+
+def disk_mb(model_dir: Path) -> float | None:
+    """Size of the weight files on disk (a GGUF directory: the GGUF file as stored)."""
+    files = weight_files(model_dir)
+    return None if files is None else sum(p.stat().st_size for p in files) / 2**20
 
 
 def storage_format(model_dir: Path) -> str | None:
     """How the weights are stored: ``gguf`` (possibly quantised) or ``safetensors``/``bin``/``pt``."""
-    path = Path(model_dir)
-    if not path.exists():
+    files = weight_files(model_dir)
+    if files is None:
         return None
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
     kinds = sorted({p.suffix.lstrip(".") for p in files})
     return "gguf" if "gguf" in kinds else "+".join(kinds) or None
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ArgumentError, NumericalError
+from ..models.adapters.base import views_by_input_group
 from ..sparsity import lowest_count_mask, prune_count
 from .base import ErrorReportOptions, Method, ViewResult, register
 
@@ -193,8 +194,7 @@ class SparseGPT(Method):
         if not self.options.true_sequential:
             return super().prune_layer(ctx)
         reports: dict[str, dict] = {}
-        for group in dict.fromkeys(v.input_group for v in ctx.views):  # data-flow order
-            views = [v for v in ctx.views if v.input_group == group]
+        for views in views_by_input_group(ctx.views):  # data-flow order
             ctx.recollect(views)
             reports.update(self.prune_views(ctx, views))
         return reports
@@ -205,10 +205,7 @@ class SparseGPT(Method):
 
     def solve_groups(self, views):
         """Maps reading one input share its Hessian: they are swept together (see ``segments``)."""
-        groups: dict[str, list] = {}
-        for view in views:
-            groups.setdefault(view.input_group, []).append(view)
-        return list(groups.values())
+        return views_by_input_group(views)
 
     def prune_group(self, views, ctx):
         target = self.target

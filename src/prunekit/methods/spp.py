@@ -142,12 +142,12 @@ def _entry_record(result: PathResult, group: UnitGroup, part: slice = slice(None
             "reached_horizon": not result.stopped_short, "final_loss": result.final_loss}
 
 
-def _warn_if_short(result: PathResult, index: int, kind: str, settings: LBISettings) -> None:
+def _warn_if_short(result: PathResult, index: int, kind: str) -> None:
     if result.stopped_short:
         log.warning("SPP layer %d %s: the step cap (%d steps) ended the path at t = %.4g, before the horizon %.4g; "
                     "later entry times are extrapolated, which --global-ranking compares across layers "
                     "(raise --lbi-iterations or lower --lbi-horizon)", index, kind, result.steps, result.end_time,
-                    settings.time_horizon)
+                    result.horizon)
 
 
 @register
@@ -226,7 +226,7 @@ class SPP(WidthMethod):
                     tau_vo = thresholds(pair_scores(group, sqnorms, VO_ROLES), power)
                     tau_qk = thresholds(pair_scores(group, sqnorms, QK_ROLES), power)
                 result = head_path(quads["heads"], tau_vo, tau_qk, settings)
-                _warn_if_short(result, ctx.index, "heads", settings)
+                _warn_if_short(result, ctx.index, "heads")
                 units = group.units
                 entry = _entry_record(result, group, slice(0, units))
                 entry["qk_entry_iteration"] = result.entry_iteration[units:].tolist()
@@ -236,7 +236,7 @@ class SPP(WidthMethod):
                 group = groups["channels"]
                 tau = thresholds(pair_scores(group, sqnorms, None), self.ria_power_for("channels"))
                 result = channel_path(quads["channels"], tau, settings)
-                _warn_if_short(result, ctx.index, "channels", settings)
+                _warn_if_short(result, ctx.index, "channels")
                 record["channels"] = _entry_record(result, group)
             return record
 

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ModelLoadError, UnsupportedArchitectureError
 from ..io.shapes import REMOTE_FILE, needs_remote_code, remote_code_text
 from ..surgery.lowrank import adopt_factored
-from .adapters import ADAPTERS, Adapter, GenericAdapter, adapter_class_for
+from .adapters import Adapter, GenericAdapter, adapter_class_for, has_family_adapter
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +161,10 @@ def check_config(config: Any, where: str, require_adapter: bool = True) -> type[
             f"{where} is not a causal language model (architectures: {', '.join(archs)})"
         )
     model_type = getattr(config, "model_type", "<unknown>")
-    if not require_adapter and not any(model_type in cls.model_types for cls in ADAPTERS):
-        if not_decoder_only(config):
-            raise UnsupportedArchitectureError(f"unsupported architecture '{model_type}': {not_decoder_only(config)}")
+    if not require_adapter and not has_family_adapter(model_type):
+        reason = not_decoder_only(config)
+        if reason:
+            raise UnsupportedArchitectureError(f"unsupported architecture '{model_type}': {reason}")
         return GenericAdapter
     return adapter_class_for(model_type)
 

@@ -20,6 +20,10 @@ def supported_model_types() -> list[str]:
     return sorted(t for cls in ADAPTERS for t in cls.model_types)
 
 
+def has_family_adapter(model_type: str) -> bool:
+    return any(model_type in cls.model_types for cls in ADAPTERS)
+
+
 def adapter_class_for(model_type: str) -> type[Adapter]:
     for cls in ADAPTERS:
         if model_type in cls.model_types:
@@ -34,9 +38,9 @@ def adapter_for(model: nn.Module, require_family: bool = True) -> Adapter:
     """The adapter serving ``model``; for a family without one, a clear error, or (when
     ``require_family`` is False) the role-less :class:`GenericAdapter` that evaluation needs."""
     model_type = getattr(getattr(model, "config", None), "model_type", None) or "<no config>"
-    if not require_family and not any(model_type in cls.model_types for cls in ADAPTERS):
+    if not require_family and not has_family_adapter(model_type):
         return GenericAdapter(model)
     return adapter_class_for(model_type)(model)
 
 
-__all__ = ["ALL_ROLES", "ADAPTERS", "Adapter", "GenericAdapter", "LinearView", "adapter_for", "adapter_class_for", "supported_model_types"]
+__all__ = ["ALL_ROLES", "ADAPTERS", "Adapter", "GenericAdapter", "LinearView", "adapter_for", "adapter_class_for", "has_family_adapter", "supported_model_types"]

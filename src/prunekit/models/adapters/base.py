@@ -67,6 +67,14 @@ class LinearView:
         return self.weight.shape[1]
 
 
+def views_by_input_group(views: list[LinearView]) -> list[list[LinearView]]:
+    """``views`` grouped by the input they read, groups and members in data-flow order."""
+    groups: dict[str, list[LinearView]] = {}
+    for view in views:
+        groups.setdefault(view.input_group, []).append(view)
+    return list(groups.values())
+
+
 class Adapter:
     """Base class of one architecture family.
 
