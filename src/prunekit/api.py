@@ -27,9 +27,11 @@ from .eval.perplexity import perplexity
 from .io import peak_rss_mb, save_model, versions
 from .io.shapes import has_per_layer_shapes, sync_config_shapes
 from .models.adapters import supported_model_types
+from .methods.allocation import allocate, check_allocation_layers, check_allocation_target, uses_allocation
+from .methods.allocation import needs_calibration as needs_allocation_data
 from .models.loading import LoadedModel, load_model
 from .recipe import CalibrationSettings, Step
-from .recovery import LoraSettings, recover_lora
+from .recovery import KdSettings, LoraSettings, recover_kd, recover_lora
 from .selection import parse_layers, parse_modules, parse_roles, view_selector
 from .surgery import remove_layers, skip_sublayers
 from .sparsity import check_nm, parse_pattern, validate_nm_width, zero_fraction
@@ -102,13 +104,18 @@ def prune(
         layer_ids = parse_layers(step.layers, adapter.num_layers())
         views_for = view_selector(adapter, parse_roles(step.roles, adapter))
         validate_nm_width(target, {v.name: v.in_features for i in layer_ids for v in views_for(i)})
+        check_allocation_target(parsed_options, target)
+        check_allocation_layers(parsed_options, layer_ids)
+        if residency is not None and needs_allocation_data(parsed_options):
+            raise ArgumentError("--stream reads each layer once: --allocation owl needs a pass over the dense layers "
+                                "before pruning (give the per-layer sparsities as a .json file instead)")
         pruner = method_cls(target, parsed_options)
 
     started = time.perf_counter()
     calib_ids = None
     calib_record = None
     batch_size = 1
-    if pruner.needs:
+    if pruner.needs or needs_allocation_data(parsed_options):
         seqlen = _check_seqlen(loaded, calibration.seqlen or method_cls.default_calib_seqlen or default_seqlen(loaded))
         windows = calibration_windows(
             loaded.tokenizer, calibration.corpus or method_cls.default_calib,
@@ -140,6 +147,12 @@ def prune(
         return {"step": {"method": method_cls.name, "options": vars(parsed_options)}, "calibration": calib_record,
                 "width": width, "sparsity": {}, "layers": [], "timings": timings, "peak_rss_mb": peak_rss_mb()}
 
+    allocation = None
+    if uses_allocation(parsed_options):
+        allocation = allocate(loaded, parsed_options, target, layer_ids, views_for, calib_ids=calib_ids,
+                              batch_size=batch_size, progress=progress)
+        pruner.layer_targets = allocation.targets(views_for)
+        timings["allocation"] = round(allocation.seconds, 3)
     if pruner.independent_layers:
         if residency is not None:
             raise ArgumentError("--stream walks the layers one at a time in order: drop --inputs dense / --workers")
@@ -186,6 +199,7 @@ def prune(
         "sparsity": {"overall": overall, "pruned": pruned, "pruned_matrices": len(modules),
                      "layers": {name: r["sparsity"] for name, r in modules.items()}},
         "layers": layer_reports,
+        **({"allocation": allocation.to_dict()} if allocation is not None else {}),
         "timings": timings,
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -226,15 +240,21 @@ def prune_streaming(model: str | os.PathLike, method: str | Step, out: str | os.
     return Path(out), record
 
 
-def recover(loaded: LoadedModel, settings: LoraSettings | None = None, *, data_root: str | os.PathLike | None = None,
-            progress: bool = True) -> dict:
-    """LoRA recovery in place (merged, sparsity kept); return the step's record for ``prunekit.json``."""
+def recover(loaded: LoadedModel, settings: LoraSettings | KdSettings | None = None, *,
+            data_root: str | os.PathLike | None = None, progress: bool = True, history: list[dict] | None = None) -> dict:
+    """Recovery in place — LoRA on the next-token loss, or with :class:`KdSettings` distillation
+    from the dense model — merged, sparsity kept; return the step's record for ``prunekit.json``.
+    ``history``: the records of the steps already applied in this run (distillation's layer map)."""
     settings = settings or LoraSettings()
     before = check_sparsity(loaded, ())["sparsity"]["overall"]
-    report = recover_lora(loaded, settings, data_root=data_root, progress=progress)
+    if isinstance(settings, KdSettings):
+        report = recover_kd(loaded, settings, history=history, data_root=data_root, progress=progress)
+    else:
+        report = recover_lora(loaded, settings, data_root=data_root, progress=progress)
     after = check_sparsity(loaded, ())["sparsity"]["overall"]
     report["sparsity_before"], report["sparsity_after"] = before, after
-    return {"step": {"method": "lora", "options": report["settings"]}, "calibration": report["calibration"],
+    name = "kd" if isinstance(settings, KdSettings) else "lora"
+    return {"step": {"method": name, "options": report["settings"]}, "calibration": report["calibration"],
             "recovery": report, "sparsity": {}, "layers": [], "timings": {"recover": report["seconds"]},
             "peak_rss_mb": peak_rss_mb()}
 

@@ -21,8 +21,10 @@ from .errors import ArgumentError, PrunekitError
 from .parallel import check_workers
 from .io import atomic_directory, check_output_path, write_json
 from .methods import available_methods
+from .methods.allocation import needs_calibration as needs_allocation_data
 from .recipe import CalibrationSettings, RecipeStep, Step
 from .runner import run_step
+from .cli_recovery import OBJECTIVES, add_recovery_args, recovery_settings
 
 
 def _csv(value: str) -> list[str]:
@@ -140,47 +142,6 @@ def _method_in(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _add_lora_args(parser: argparse.ArgumentParser, prefix: str = "", shown: bool = True) -> None:
-    """LoRA recovery flags; ``prefix`` is ``heal-`` on ``prune`` (``--heal-steps``) and empty on ``recover``;
-    ``shown=False`` accepts them without listing them in help."""
-    from .recovery import LoraSettings
-
-    defaults = LoraSettings()
-    group = parser.add_argument_group("LoRA recovery" + (" (with --heal lora)" if prefix else ""))
-    flag = lambda name: f"--{prefix}{name}"  # noqa: E731
-    if not shown:
-        group.add_argument = _hidden(group.add_argument)  # type: ignore[method-assign]
-    group.add_argument(flag("data"), default=defaults.data, help="training text: c4 (train sample), a name:split, "
-                       "or a .txt/.jsonl path (default c4; wikitext2 here has no train split)")
-    group.add_argument(flag("steps"), type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
-    group.add_argument(flag("lr"), type=float, default=defaults.lr, help=f"learning rate (default {defaults.lr})")
-    group.add_argument(flag("batch-size"), type=int, default=defaults.batch_size, help=f"windows per step (default {defaults.batch_size})")
-    group.add_argument(flag("seqlen"), type=int, default=defaults.seqlen, help=f"tokens per window (default {defaults.seqlen})")
-    group.add_argument(flag("rank"), type=int, default=defaults.rank, help=f"LoRA rank r (default {defaults.rank})")
-    group.add_argument(flag("alpha"), type=float, default=defaults.alpha, help=f"LoRA alpha (default {defaults.alpha})")
-    group.add_argument(flag("dropout"), type=float, default=defaults.dropout, help=f"LoRA dropout (default {defaults.dropout})")
-    group.add_argument(flag("seed"), type=int, default=defaults.seed, help="seed of the windows and the LoRA init")
-    group.add_argument(flag("checkpointing"), action="store_true", help="gradient checkpointing (less memory, slower)")
-
-
-def _hidden(add_argument):
-    """``add_argument`` with the help suppressed: the flag works but is not listed."""
-    def add(*names, **kwargs):
-        return add_argument(*names, **{**kwargs, "help": argparse.SUPPRESS})
-    return add
-
-
-def _lora_settings(args, prefix: str = ""):
-    from .recovery import LoraSettings
-
-    get = lambda name: getattr(args, prefix + name)  # noqa: E731
-    settings = LoraSettings(data=get("data"), steps=get("steps"), lr=get("lr"), batch_size=get("batch_size"),
-                            seqlen=get("seqlen"), rank=get("rank"), alpha=get("alpha"), dropout=get("dropout"),
-                            seed=get("seed"), checkpointing=get("checkpointing"))
-    settings.validate()
-    return settings
-
-
 def build_parser(method: str | None = None, heal: bool = False) -> argparse.ArgumentParser:
     """The command-line parser; ``method`` (the ``prune --method`` value) picks the options help
     shows, and the ``--heal-*`` flags are listed only when ``heal`` (``--heal`` is on the line)."""
@@ -214,9 +175,10 @@ def build_parser(method: str | None = None, heal: bool = False) -> argparse.Argu
     out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     out.add_argument("--stream", action="store_true", help="stream decoder layers from the safetensors shards one "
                      "at a time (models larger than memory; layer-wise methods; no --heal/--eval)")
-    out.add_argument("--heal", choices=("lora",), help="recover quality after pruning (LoRA, merged; sparsity kept); "
-                     "its --heal-* flags: `prunekit prune --heal lora --help`")
-    _add_lora_args(prune, "heal-", shown=heal)
+    out.add_argument("--heal", choices=("lora", "kd"), help="recover quality after pruning: LoRA on the next-token "
+                     "loss, or kd (distillation from the dense model); sparsity kept; its --heal-* flags: "
+                     "`prunekit prune --heal kd --help`")
+    add_recovery_args(prune, "heal-", shown=heal)
     _add_eval_args(prune, "--eval")
 
     materialize = sub.add_parser("materialize", help="cut an SPP solution path at a sparsity: a smaller model, no new search")
@@ -235,9 +197,11 @@ def build_parser(method: str | None = None, heal: bool = False) -> argparse.Argu
     materialize.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_eval_args(materialize, "--eval")
 
-    recover = sub.add_parser("recover", help="LoRA fine-tune a pruned model, merge, keep its sparsity, save")
+    recover = sub.add_parser("recover", help="LoRA fine-tune or distil a pruned model, keep its sparsity, save")
     _add_model_args(recover)
-    _add_lora_args(recover)
+    recover.add_argument("--objective", choices=OBJECTIVES, default="lm", help="lm: next-token loss (LoRA); kd: "
+                         "distillation from the dense model the pruned one came from (default lm)")
+    add_recovery_args(recover)
     recover.add_argument("--out", required=True, help="output directory (written atomically; loss.png inside)")
     recover.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_eval_args(recover, "--eval")
@@ -358,9 +322,10 @@ def cmd_prune(args) -> int:
     step = Step(args.method, args.sparsity, args.pattern, args.roles, args.layers, options)
     method_cls, parsed, target = step.validated()  # bad method/options/target fail before the model is loaded
     _reject_unused_calibration_flags(args, step, method_cls, parsed, target)
+    _check_allocation_file(args, step, parsed)
     calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed, args.calib_batch_size)
     calibration.validate()
-    heal = _lora_settings(args, "heal_") if args.heal else None
+    heal = recovery_settings(args, "heal_", "kd" if args.heal == "kd" else "lm") if args.heal else None
     _validate_eval_args(args)
     check_output_path(args.out, args.overwrite)
 
@@ -369,9 +334,11 @@ def cmd_prune(args) -> int:
     # the flags are a one- or two-step recipe, run by the same step runner as `prunekit run`
     items = [RecipeStep(0, step.method, step=step, calibration=calibration)]
     if heal is not None:
-        items.append(RecipeStep(0, "lora", lora=heal))
+        items.append(RecipeStep(0, args.heal, lora=heal))
     lm = _load(args)
-    steps = [run_step(lm, item, data_root=args.data_root, progress=not args.no_progress) for item in items]
+    steps: list[dict] = []
+    for item in items:
+        steps.append(run_step(lm, item, data_root=args.data_root, progress=not args.no_progress, history=list(steps)))
     result = steps[0]
     started = time.perf_counter()
     evaluation = _evaluate(lm, args, args.eval)
@@ -423,7 +390,7 @@ def _reject_unused_calibration_flags(args, step: Step, method_cls, options, targ
     if not given:
         return
     explicit_depth = method_cls.kind == "depth" and step.layers is not None
-    uses_data = bool(method_cls(target, options).needs) and not explicit_depth
+    uses_data = (bool(method_cls(target, options).needs) or needs_allocation_data(options)) and not explicit_depth
     if not uses_data:
         hint = " (add --report-error to measure its layer-wise error on calibration data)" \
             if any(f.name == "report_error" for f in dataclasses.fields(options)) else ""
@@ -432,6 +399,20 @@ def _reject_unused_calibration_flags(args, step: Step, method_cls, options, targ
     if args.calib_batch_size is not None and not method_cls.batches_calibration:
         raise ArgumentError(f"{step.method} takes its calibration windows one at a time: --calib-batch-size does "
                             "not apply")
+
+
+def _check_allocation_file(args, step: Step, options) -> None:
+    """An ``--allocation`` file with the wrong number of layers fails on the config, before any load."""
+    from .methods.allocation import check_allocation_layers
+    from .models.loading import peek_config
+    from .selection import parse_layers
+
+    if getattr(options, "allocation", "uniform") in ("uniform", "owl"):
+        return
+    config = peek_config(args.model, args.gguf_file)
+    count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    if count:
+        check_allocation_layers(options, parse_layers(step.layers, count))
 
 
 def _prune_streaming(args, step: Step, calibration: CalibrationSettings) -> int:
@@ -457,21 +438,20 @@ def _sparsity_summary(sparsity: dict) -> str:
 
 
 def _save_with_loss_plot(lm, args, record: dict, steps: list[dict]) -> Path:
-    """Save the model; a run that trained LoRA also gets its loss curve as ``loss.png``."""
-    from .report import line_plot
+    """Save the model; a run that trained (LoRA or distillation) also gets its loss curves as ``loss.png``."""
+    from .report.plots import recovery_loss_plot
 
-    losses = [s["recovery"]["losses"] for s in steps if "recovery" in s]
+    reports = [s["recovery"] for s in steps if "recovery" in s]
 
     def plot(tmp: Path) -> None:
-        if losses:
-            line_plot({"training loss": losses[-1]}, tmp / "loss.png", title="LoRA recovery", xlabel="step",
-                      ylabel="causal-LM loss")
+        if reports:
+            recovery_loss_plot(reports[-1], tmp / "loss.png")
 
     return api.save(lm, args.out, record=record, overwrite=args.overwrite, extras=plot)
 
 
 def cmd_recover(args) -> int:
-    settings = _lora_settings(args)
+    settings = recovery_settings(args, "", args.objective)
     _validate_eval_args(args)
     check_output_path(args.out, args.overwrite)
     lm = _load(args)
@@ -485,7 +465,8 @@ def cmd_recover(args) -> int:
     record = api.build_record(lm, [result], evaluation, timings)
     path = _save_with_loss_plot(lm, args, record, [result])
     report = result["recovery"]
-    print(f"recovered {args.model} with LoRA: {settings.steps} steps, loss {report['loss_first']:.3f} -> "
+    how = "LoRA" if args.objective == "lm" else f"distillation ({report['params']}, teacher {report['teacher']['model']})"
+    print(f"recovered {args.model} with {how}: {settings.steps} steps, loss {report['loss_first']:.3f} -> "
           f"{report['loss_last']:.3f}, sparsity {report['sparsity_before']:.4f} -> {report['sparsity_after']:.4f} -> {path}")
     for name, value in (before or {}).get("ppl", {}).items():
         print(f"ppl {name} before recovery: {value:.4f}")
@@ -572,9 +553,9 @@ def cmd_check(args) -> int:
 
 def cmd_methods(_args) -> int:
     """Each method once with its own options; options several methods share are explained once."""
-    from .methods.base import ErrorReportOptions, LayerParallelOptions, WorkerOptions
+    from .methods.base import LayerParallelOptions, MaskOptions, WorkerOptions
 
-    shared = {f.name: f for mixin in (WorkerOptions, ErrorReportOptions, LayerParallelOptions)
+    shared = {f.name: f for mixin in (WorkerOptions, MaskOptions, LayerParallelOptions)
               for f in dataclasses.fields(mixin)}
     for name, method in available_methods().items():
         needs = ", ".join(sorted(method.needs)) or "no data"

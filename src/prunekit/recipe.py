@@ -91,7 +91,7 @@ class Step:
 # ---------------------------------------------------------------------------------------------
 # Recipe files: an ordered list of steps in YAML, validated before any work.
 
-PSEUDO_METHODS = ("lora", "eval")
+PSEUDO_METHODS = ("lora", "kd", "eval")
 TARGET_KEYS = ("sparsity", "pattern", "roles", "layers")
 EVAL_KEYS = {"ppl": list, "max_windows": int, "eval_seqlen": int, "tasks": list, "limit": int, "icl": list,
              "shots": int, "icl_limit": int}
@@ -106,7 +106,7 @@ class RecipeStep:
     method: str
     step: Step | None = None
     calibration: CalibrationSettings | None = None
-    lora: Any = None  # LoraSettings
+    lora: Any = None  # LoraSettings, or KdSettings for a distillation step
     evaluation: dict[str, Any] | None = None
 
     def where(self, source: str, number: int) -> str:
@@ -187,14 +187,15 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
 
 
 def _parse_step(line: int, method: str, values: dict, defaults: CalibrationSettings, where: str) -> RecipeStep:
-    if method == "lora":
-        from .recovery import LoraSettings
+    if method in ("lora", "kd"):
+        from .recovery import KdSettings, LoraSettings
 
-        known = set(LoraSettings.__dataclass_fields__)
+        kind = LoraSettings if method == "lora" else KdSettings
+        known = set(kind.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ArgumentError(f"unknown LoRA keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        settings = LoraSettings(**values)
+            raise ArgumentError(f"unknown {method} keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        settings = kind(**values)
         settings.validate()
         return RecipeStep(line, method, lora=settings)
     if method == "eval":

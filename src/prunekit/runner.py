@@ -54,12 +54,13 @@ def _fingerprint(recipe: Recipe, model: str) -> str:
     return hashlib.sha256((recipe.text + "\0" + identity).encode()).hexdigest()
 
 
-def run_step(lm: LoadedModel, item: RecipeStep, *, data_root, progress: bool) -> dict:
-    """Execute one recipe step on ``lm`` in place; return its record for ``prunekit.json``."""
+def run_step(lm: LoadedModel, item: RecipeStep, *, data_root, progress: bool, history: list[dict] | None = None) -> dict:
+    """Execute one recipe step on ``lm`` in place; return its record for ``prunekit.json``.
+    ``history``: the records of the steps before it (a distillation step maps layers with them)."""
     if item.step is not None:
         return api.prune(lm, item.step, calibration=item.calibration, data_root=data_root, progress=progress)
     if item.lora is not None:
-        return api.recover(lm, item.lora, data_root=data_root, progress=progress)
+        return api.recover(lm, item.lora, data_root=data_root, progress=progress, history=history)
     started = time.perf_counter()
     settings = item.evaluation
     evaluation: dict = {}
@@ -104,7 +105,7 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, *, resume: bool = Fa
     check_recipe_targets(_remaining(recipe, len(records)), lm.adapter)  # before any work
     for number, item in enumerate(recipe.steps[len(records):], len(records) + 1):
         try:
-            record = run_step(lm, item, data_root=data_root, progress=progress)
+            record = run_step(lm, item, data_root=data_root, progress=progress, history=records)
         except PrunekitError as exc:
             kept = f"steps 1-{number - 1} are checkpointed: --resume continues from step {number}" if number > 1 else ""
             raise type(exc)(f"{item.where(recipe.source, number)}: {exc}" + (f" ({kept})" if kept else "")) from exc

@@ -25,6 +25,7 @@ from ..parallel import check_workers
 from ..models.adapters.base import LinearView
 from ..sparsity import SparsityTarget
 from ..surgery import apply_mask, reconstruction_error
+from .allocation import AllocationOptions, validate_allocation
 
 _REGISTRY: dict[str, type["Method"]] = {}
 
@@ -44,6 +45,11 @@ class ErrorReportOptions:
 
 
 @dataclass
+class MaskOptions(AllocationOptions, ErrorReportOptions):
+    """What every mask method shares: the per-layer allocation and the opt-in error report."""
+
+
+@dataclass
 class WorkerOptions:
     """Where independent layers run: options shared by every layer-parallel method."""
 
@@ -58,7 +64,7 @@ class WorkerOptions:
 
 
 @dataclass
-class LayerParallelOptions(ErrorReportOptions, WorkerOptions):
+class LayerParallelOptions(MaskOptions, WorkerOptions):
     """Options of methods that can decide each layer from the *dense* model's inputs, so layers run
     independently (``prunekit.capture.parallel_layers``). Mixed into a method's own options."""
 
@@ -102,8 +108,14 @@ class Method:
     def __init__(self, target: SparsityTarget, options: Any = None):
         self.target = target
         self.options = options if options is not None else self.Options()
+        # per-view targets set by a non-uniform allocation (see methods/allocation.py), by view name
+        self.layer_targets: dict[str, SparsityTarget] = {}
         if self.reports_error:  # the error report reads the Gram matrix, whatever the method itself needs
             self.needs = self.needs | {"gram"}
+
+    def target_for(self, view: LinearView) -> SparsityTarget:
+        """The target of one matrix: its layer's allocated sparsity, else the step's target."""
+        return self.layer_targets.get(view.name, self.target)
 
     @property
     def reports_error(self) -> bool:
@@ -141,6 +153,8 @@ class Method:
                 raise ArgumentError(f"--{key.replace('_', '-')} must be one of {', '.join(map(str, choices))}, got '{value}'")
         options = cls.Options(**values)
         cls.validate_options(options)
+        if isinstance(options, AllocationOptions):
+            validate_allocation(options)
         return options
 
     @classmethod

@@ -28,6 +28,7 @@ import torch
 from ..capture.paired import CORRECTIONS, PairedStatistics
 from ..errors import ArgumentError
 from ..sparsity import SparsityTarget, select_mask, zero_fraction
+from .allocation import AllocationOptions
 from .base import Method, WorkerOptions, register
 from .sparsegpt import sparsegpt_prune
 from .wanda import wanda_scores
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class FistaOptions(WorkerOptions):
+class FistaOptions(AllocationOptions, WorkerOptions):
     correction: str = field(default="intra", metadata={
         "choices": CORRECTIONS, "help": "fista: intra (dense layer inputs, pruned predecessors), none, or intra+inter"})
     warm_start: str = field(default="wanda", metadata={"choices": WARM_STARTS, "help": "fista: starting point"})
@@ -319,7 +320,7 @@ class FISTAPruner(Method):
 
     def prune_paired(self, view, dense_weight: torch.Tensor, stats: PairedStatistics) -> dict:
         started = time.perf_counter()
-        new, report = solve(dense_weight, stats, self.target, self.options, where=view.name)
+        new, report = solve(dense_weight, stats, self.target_for(view), self.options, where=view.name)
         view.set_weight(new)
         report["sparsity"] = zero_fraction(view.weight)
         report["shape"] = list(view.weight.shape)

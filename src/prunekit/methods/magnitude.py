@@ -29,4 +29,4 @@ class Magnitude(Method):
         validate_parallel(options)
 
     def prune_view(self, view, ctx):
-        return ViewResult(select_mask(view.weight.abs().float(), self.target, per_row=self.options.group == "row"))
+        return ViewResult(select_mask(view.weight.abs().float(), self.target_for(view), per_row=self.options.group == "row"))

@@ -13,11 +13,11 @@ import torch
 
 from ..sparsity import nm_mask, select_mask
 from ..surgery import permute_input_channels
-from .base import ErrorReportOptions, Method, ViewResult, register
+from .base import MaskOptions, Method, ViewResult, register
 
 
 @dataclass
-class RIAOptions(ErrorReportOptions):
+class RIAOptions(MaskOptions):
     group: str = field(default="matrix", metadata={"choices": ("matrix", "row"),
                                                    "help": "comparison group: per matrix (RIA default) or per output row"})
     alpha_power: float = field(default=0.5, metadata={"help": "RIA: exponent a of the activation norm (default 0.5)"})
@@ -88,4 +88,4 @@ class RIA(Method):
 
     def prune_view(self, view, ctx):
         scores = ria_scores(view.weight, ctx.stats_for(view).sqnorm, self.options.alpha_power)
-        return ViewResult(select_mask(scores, self.target, per_row=self.options.group == "row"))
+        return ViewResult(select_mask(scores, self.target_for(view), per_row=self.options.group == "row"))

@@ -17,7 +17,7 @@ import torch
 from ..errors import ArgumentError, NumericalError
 from ..models.adapters.base import views_by_input_group
 from ..sparsity import lowest_count_mask, prune_count
-from .base import ErrorReportOptions, Method, ViewResult, register
+from .base import MaskOptions, Method, ViewResult, register
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ INNER_BLOCK = 16
 
 
 @dataclass
-class SparseGPTOptions(ErrorReportOptions):
+class SparseGPTOptions(MaskOptions):
     blocksize: int = field(default=128, metadata={"help": "SparseGPT: columns per lazy-update block (default 128)"})
     percdamp: float = field(default=0.01, metadata={"help": "SparseGPT: damping as a fraction of mean(diag H) (default 0.01)"})
     precision: str = field(default="float32", metadata={"choices": ("float32", "float64"),
@@ -208,7 +208,7 @@ class SparseGPT(Method):
         return views_by_input_group(views)
 
     def prune_group(self, views, ctx):
-        target = self.target
+        target = self.target_for(views[0])  # one input group: one layer, one target
         if target.is_nm and self.options.blocksize % target.m:
             raise ArgumentError(f"--blocksize {self.options.blocksize} must be a multiple of M={target.m} for N:M")
         stats = ctx.stats_for(views[0])

@@ -66,8 +66,9 @@ class Wanda(Method):
 
     def prune_view(self, view, ctx):
         scores = wanda_scores(view.weight, ctx.stats_for(view).sqnorm)
-        if self.options.variant and not self.target.is_nm:
-            mask = cumulative_variant_mask(scores, self.target.fraction)
+        target = self.target_for(view)
+        if self.options.variant and not target.is_nm:
+            mask = cumulative_variant_mask(scores, target.fraction)
             return ViewResult(mask, extra={"variant": True})
-        return ViewResult(select_mask(scores, self.target, per_row=True))
+        return ViewResult(select_mask(scores, target, per_row=True))
 

@@ -1,5 +1,7 @@
-"""Recovering quality after pruning: LoRA fine-tuning with ``peft``, merged back, masks kept."""
+"""Recovering quality after pruning: LoRA on the next-token loss, or distillation from the dense
+model (LoRA or all weights); masks kept either way."""
 
+from .distill import KdSettings, recover_kd
 from .lora import LoraSettings, recover_lora
 
-__all__ = ["LoraSettings", "recover_lora"]
+__all__ = ["KdSettings", "LoraSettings", "recover_kd", "recover_lora"]

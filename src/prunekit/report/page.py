@@ -19,7 +19,7 @@ from pathlib import Path
 from ..data.tasks import read_json_file
 from ..errors import DataError
 from ..io import RECORD_NAME, atomic_directory
-from .plots import bar_plot, heat_map, line_plot
+from .plots import allocation_plot, bar_plot, heat_map, line_plot, recovery_loss_plot
 
 
 @dataclass
@@ -194,17 +194,56 @@ def _method_specific(record: dict, figures: Path, homes: list[Path]) -> list[Sec
                 sections[-1].text(f"Solution path saved as `{width['path_file']}`: `prunekit materialize --path RUN_DIR "
                                   "--sparsity S --out OUT` cuts any other level without a new search.")
                 sections[-1].figure(file, "SPP path: units entered vs iteration, and per layer")
+        if "allocation" in step:
+            sections.append(_allocation(step, number, figures))
         if "lowrank" in step:
             lowrank = step["lowrank"]
             sections.append(Section(f"Low rank (step {number})").items([
                 f"matrices clipped: {len(lowrank.get('modules', []))}",
                 f"parameters in the selected matrices: {_cell(lowrank.get('params_selected'))}"]))
         if "recovery" in step and step["recovery"].get("losses"):
-            file = f"lora_loss_step{number}.png"
-            line_plot({"training loss": step["recovery"]["losses"]}, figures / file, title="LoRA recovery",
-                      xlabel="step", ylabel="causal-LM loss")
-            sections.append(Section(f"Recovery (step {number})").figure(file, "LoRA training loss"))
+            recovery = step["recovery"]
+            file = f"recovery_loss_step{number}.png"
+            recovery_loss_plot(recovery, figures / file)
+            section = Section(f"Recovery (step {number})")
+            if recovery.get("objective") == "kd":
+                section.items([f"teacher: {recovery['teacher'].get('model')} ({recovery['teacher'].get('mode')})",
+                               f"trained: {recovery.get('params')}, {recovery.get('tokens')} tokens",
+                               f"pruned entries moved before the re-mask: {recovery.get('pruned_entries_moved_before_remask')}",
+                               f"peak RSS: {recovery.get('peak_rss_mb')} MB"])
+            sections.append(section.figure(file, "training loss" + (" and its parts" if recovery.get("objective") == "kd" else "")))
     return sections
+
+
+def _allocation(step: dict, number: int, figures: Path) -> Section:
+    """A non-uniform allocation: each layer's sparsity (and outlier ratio) beside its error."""
+    allocation = step["allocation"]
+    layers = sorted(int(k) for k in allocation["sparsity"])
+    sparsity = [allocation["sparsity"][str(i)] for i in layers]
+    ratios = allocation.get("outlier_ratio")
+    errors = _recon_errors(step)
+    mean_error = None
+    if errors:
+        per_layer = defaultdict(list)
+        for series in errors.values():
+            for index, value in series.items():
+                per_layer[index].append(value)
+        mean_error = [sum(per_layer[i]) / len(per_layer[i]) if per_layer[i] else float("nan") for i in layers]
+    file = f"allocation_step{number}.png"
+    target = step["step"].get("sparsity")
+    allocation_plot(layers, sparsity, figures / file, target=target if target is not None else sum(sparsity) / len(sparsity),
+                    outlier_ratio=[ratios[str(i)] for i in layers] if ratios else None, recon_error=mean_error,
+                    title=f"Sparsity allocation ({allocation['mode']}), step {number}")
+    settings = ", ".join(f"{k} {v}" for k, v in allocation.get("settings", {}).items())
+    section = Section(f"Sparsity allocation (step {number})").items([
+        f"mode: {allocation['mode']}" + (f" ({settings})" if settings else ""),
+        f"layer sparsity: {min(sparsity):.4f} – {max(sparsity):.4f} around the target {_cell(target)}"])
+    caption = "allocated sparsity per layer" + (" with the outlier ratio" if ratios else "")
+    if mean_error is None:
+        section.text("Add `--report-error` to see each layer's reconstruction error beside its allocation.")
+    else:
+        caption += ", and the layer's mean reconstruction error"
+    return section.figure(file, caption)
 
 
 def _analyses(folders: list[Path], figures: Path) -> list[Section]:

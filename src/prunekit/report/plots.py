@@ -78,3 +78,56 @@ def heat_map(rows: Sequence[Sequence[float]], path: Path, *, title: str, row_lab
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def allocation_plot(layers: Sequence[int], sparsity: Sequence[float], path: Path, *, target: float,
+                    outlier_ratio: Sequence[float] | None = None, recon_error: Sequence[float] | None = None,
+                    title: str = "Layer-wise sparsity allocation") -> Path:
+    """Allocated sparsity per layer (bars, the target dashed, outlier ratio on a second axis) and,
+    beside it, each layer's mean reconstruction error — to see whether the layers given fewer
+    zeros are the ones whose error would have grown most."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if recon_error is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 3.8), dpi=120, squeeze=False)
+    ax = axes[0][0]
+    ax.bar(list(layers), list(sparsity), color="#1f77b4", label="sparsity")
+    ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target {target:g}")
+    low = min(min(sparsity), target)
+    ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(max(sparsity), target) + 0.05))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("sparsity")
+    ax.set_title(title)
+    if outlier_ratio is not None:
+        twin = ax.twinx()
+        twin.plot(list(layers), [100 * v for v in outlier_ratio], color="#d62728", marker=".", label="outlier ratio")
+        twin.set_ylabel("outlier ratio (%)", color="#d62728")
+    ax.legend(fontsize=8, loc="lower left")
+    if recon_error is not None:
+        right = axes[0][1]
+        right.plot(list(layers), list(recon_error), marker=".", color="#2ca02c")
+        right.set_yscale("log")
+        right.set_xlabel("layer")
+        right.set_ylabel("mean ||WX - ŴX||² / ||WX||²")
+        right.set_title("Reconstruction error per layer")
+        right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def recovery_loss_plot(report: dict, path: Path) -> Path:
+    """A recovery run's training loss; a distillation run's also split into its KD, hidden-state
+    and next-token parts (each unweighted, as the report records them)."""
+    series = {"total (weighted)": report["losses"]}
+    parts = report.get("loss_parts") or {}
+    names = {"kd": "KL(teacher‖student)", "hidden": "relative hidden-state error", "ce": "next-token CE"}
+    if report.get("objective") == "kd":
+        series.update({names.get(k, k): v for k, v in parts.items()})
+        return line_plot(series, path, title="Distillation recovery", xlabel="step", ylabel="loss", logy=True)
+    return line_plot({"training loss": report["losses"]}, path, title="LoRA recovery", xlabel="step",
+                     ylabel="causal-LM loss")
