@@ -133,7 +133,7 @@ def main() -> None:
         if "seeds" in parts:
             counts = [c for c in counts_for(depth) if str(c) in args.seed_counts.split(",")]
             for seed in EXTRA_RANDOM_SEEDS:
-                draw = planned(base, "random", random_seed=seed)
+                draw = planned(base, "random", random_baseline_seed=seed)
                 for count in counts:
                     point = entry.setdefault("sweep", {}).setdefault(str(count), {})
                     key = f"random_seed{seed}"

@@ -74,7 +74,7 @@ def _layer_sparsity(lm, index):
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "ria", "fista"])
 def test_owl_hits_the_overall_target_with_each_layer_in_its_band(method, four_layer_dir, data_root):
     lm = prunekit.load(four_layer_dir)
-    options = {"iterations": 10, "final_iterations": 10, "bisection_steps": 6} if method == "fista" else {}
+    options = {"fista_iterations": 10, "fista_final_iterations": 10, "bisection_steps": 6} if method == "fista" else {}
     step = prunekit.prune(lm, method, sparsity=0.6, allocation="owl", calibration=FAST, data_root=data_root,
                           progress=False, **options)
     allocation = step["allocation"]
@@ -136,7 +136,7 @@ def test_bad_allocations_are_one_clear_error(four_layer_dir, tmp_path, capsys):
     assert "has 3 sparsities" in only_error_line(capsys) and not out.exists()
     assert run_cli("prune", "--model", four_layer_dir, "--method", "wanda", "--sparsity", "0.5", "--allocation",
                    tmp_path / "missing.json", "--out", out, "--no-progress") == 2
-    assert "does not exist" in only_error_line(capsys) and not out.exists()
+    assert "--allocation file not found" in only_error_line(capsys) and not out.exists()
 
 
 def test_the_report_page_plots_the_allocation_beside_the_error(four_layer_dir, data_root, tmp_path):

@@ -174,8 +174,8 @@ def test_no_correction_sees_only_dense_inputs(tiny_model_dir):
 
 def test_bad_fista_options(tiny_model_dir):
     lm = prunekit.load(tiny_model_dir("llama"))
-    with pytest.raises(ArgumentError, match="--iterations"):
-        prunekit.prune(lm, "fista", sparsity=0.5, iterations=0, progress=False)
+    with pytest.raises(ArgumentError, match="--fista-iterations"):
+        prunekit.prune(lm, "fista", sparsity=0.5, fista_iterations=0, progress=False)
     with pytest.raises(ArgumentError, match="--correction"):
         prunekit.prune(lm, "fista", sparsity=0.5, correction="inter", progress=False)
 
@@ -216,7 +216,7 @@ def test_parallel_workers_give_identical_weights(tiny_model_dir):
     for workers, executor in runs:
         lm = prunekit.load(tiny_model_dir("llama"))
         prunekit.prune(lm, "fista", sparsity=0.5, calibration=FAST, progress=False, workers=workers, executor=executor,
-                       layers="1", iterations=10, final_iterations=20, bisection_steps=8, refit_iterations=20)
+                       layers="1", fista_iterations=10, fista_final_iterations=20, bisection_steps=8, refit_iterations=20)
         weights[workers, executor] = {v.name: v.weight.clone() for v in lm.adapter.linears(1)}
     for run in runs[1:]:
         for name, weight in weights[1, "process"].items():

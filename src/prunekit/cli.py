@@ -19,6 +19,7 @@ from . import api
 from .data import PROTOCOLS
 from .errors import ArgumentError, PrunekitError
 from .parallel import check_workers
+from .renamed import add_renamed_flag
 from .io import atomic_directory, check_output_path, write_json
 from .methods import available_methods
 from .methods.allocation import needs_calibration as needs_allocation_data
@@ -112,6 +113,10 @@ def _add_method_options(parser: argparse.ArgumentParser, shown: str | None) -> N
                 kwargs["choices"] = f.metadata["choices"]
                 kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
         group.add_argument(_option_flag(f.name), **kwargs)
+        if f.metadata.get("was"):
+            old = {k: v for k, v in kwargs.items() if k not in ("help", "action", "metavar")}
+            add_renamed_flag(group, _option_flag(f.metadata["was"]), _option_flag(f.name),
+                             flag_is_switch=kind == "bool", **old)
 
 
 def _option_help(f: dataclasses.Field) -> str:
@@ -166,7 +171,8 @@ def build_parser(method: str | None = None, heal: bool = False) -> argparse.Argu
                                         "(default: c4; pg19 for depth methods)")
     calib.add_argument("--nsamples", type=int, metavar="N", help="calibration windows (default: the method's, 128; 10 for llm-pruner)")
     calib.add_argument("--seqlen", type=int, metavar="N", help="calibration window length (default: model context capped at 4096)")
-    calib.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the window sampler (default 0)")
+    calib.add_argument("--calib-seed", dest="seed", type=int, metavar="N", help="seed of the window sampler (default 0)")
+    add_renamed_flag(calib, "--seed", "--calib-seed", dest="seed", type=int)
     calib.add_argument("--calib-batch-size", type=int, metavar="N",
                        help="windows per layer forward (default: 4096 tokens per forward)")
     _add_method_options(prune, method)
@@ -229,7 +235,9 @@ def build_parser(method: str | None = None, heal: bool = False) -> argparse.Argu
     analyze.add_argument("--calib", help="calibration corpus (default pg19)")
     analyze.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     analyze.add_argument("--seqlen", type=int, help="window length (default: model context capped at 4096)")
-    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--calib-seed", dest="seed", type=int, default=0, metavar="N",
+                         help="seed of the window sampler (default 0)")
+    add_renamed_flag(analyze, "--seed", "--calib-seed", dest="seed", type=int)
     analyze.add_argument("--workers", type=int, default=1,
                          help="bi: split the calibration windows over this many workers (same result)")
     analyze.add_argument("--executor", choices=("process", "ray"), default="process",
@@ -323,7 +331,7 @@ def cmd_prune(args) -> int:
     method_cls, parsed, target = step.validated()  # bad method/options/target fail before the model is loaded
     _reject_unused_calibration_flags(args, step, method_cls, parsed, target)
     _check_allocation_file(args, step, parsed)
-    calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed, args.calib_batch_size)
+    calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed or 0, args.calib_batch_size)
     calibration.validate()
     heal = recovery_settings(args, "heal_", "kd" if args.heal == "kd" else "lm") if args.heal else None
     _validate_eval_args(args)
@@ -386,7 +394,7 @@ def cmd_materialize(args) -> int:
 def _reject_unused_calibration_flags(args, step: Step, method_cls, options, target) -> None:
     """A calibration flag the chosen method would ignore is an error, not a silent no-op."""
     given = [flag for flag, value in (("--calib", args.calib), ("--nsamples", args.nsamples), ("--seqlen", args.seqlen),
-                                      ("--calib-batch-size", args.calib_batch_size)) if value is not None]
+                                      ("--calib-seed", args.seed), ("--calib-batch-size", args.calib_batch_size)) if value is not None]
     if not given:
         return
     explicit_depth = method_cls.kind == "depth" and step.layers is not None

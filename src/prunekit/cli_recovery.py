@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from .errors import ArgumentError
+from .renamed import add_renamed_flag
 from .recovery import KdSettings, LoraSettings
 from .recovery.distill import PARAMS, TEACHER_DTYPES
 
@@ -27,6 +28,7 @@ def add_recovery_args(parser: argparse.ArgumentParser, prefix: str = "", shown: 
     empty on ``recover``; ``shown=False`` accepts them without listing them in help."""
     defaults = KdSettings()
     flag = lambda name: f"--{prefix}{name}"  # noqa: E731
+    dest = prefix.replace("-", "_")
     group = parser.add_argument_group("recovery training" + (" (with --heal lora|kd)" if prefix else ""))
     kd = parser.add_argument_group("distillation" + (" (with --heal kd)" if prefix else " (with --objective kd)"),
                                    "loss = α·T²·KL(teacher‖student) + β·mean relative hidden-state error + γ·CE"
@@ -41,9 +43,14 @@ def add_recovery_args(parser: argparse.ArgumentParser, prefix: str = "", shown: 
                        "for --kd-params full use less, e.g. 2e-5)")
     group.add_argument(flag("batch-size"), type=int, default=defaults.batch_size, help=f"windows per step (default {defaults.batch_size})")
     group.add_argument(flag("seqlen"), type=int, default=defaults.seqlen, help=f"tokens per window (default {defaults.seqlen})")
-    group.add_argument(flag("rank"), type=int, default=defaults.rank, help=f"LoRA rank r (default {defaults.rank})")
-    group.add_argument(flag("alpha"), type=float, default=defaults.alpha, help=f"LoRA alpha (default {defaults.alpha})")
-    group.add_argument(flag("dropout"), type=float, default=defaults.dropout, help=f"LoRA dropout (default {defaults.dropout})")
+    group.add_argument(flag("lora-rank"), dest=f"{dest}rank", type=int, default=defaults.rank, metavar="N",
+                       help=f"LoRA rank r (default {defaults.rank})")
+    group.add_argument(flag("lora-alpha"), dest=f"{dest}alpha", type=float, default=defaults.alpha, metavar="X",
+                       help=f"LoRA alpha (default {defaults.alpha})")
+    group.add_argument(flag("lora-dropout"), dest=f"{dest}dropout", type=float, default=defaults.dropout, metavar="X",
+                       help=f"LoRA dropout (default {defaults.dropout})")
+    for old, kind in (("rank", int), ("alpha", float), ("dropout", float)):
+        add_renamed_flag(group, flag(old), flag(f"lora-{old}"), dest=f"{dest}{old}", type=kind)
     group.add_argument(flag("seed"), type=int, default=defaults.seed, help="seed of the windows and the LoRA init")
     group.add_argument(flag("checkpointing"), action="store_true", help="gradient checkpointing (less memory, slower)")
     kd.add_argument(flag("kd-alpha"), type=float, metavar="X", help=f"α, weight of the logit KL (default {defaults.kd_alpha})")

@@ -194,7 +194,8 @@ def _parse_step(line: int, method: str, values: dict, defaults: CalibrationSetti
         known = set(kind.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ArgumentError(f"unknown {method} keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            what = "LoRA" if method == "lora" else "KD"
+            raise ArgumentError(f"unknown {what} keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         settings = kind(**values)
         settings.validate()
         return RecipeStep(line, method, lora=settings)

@@ -144,16 +144,17 @@ def load_task_data(name: str, root: Path | None, validation_size: int = 256) -> 
     return BUILTIN[name](root, validation_size)
 
 
-def read_json_file(path: Path, what: str) -> dict:
-    """A JSON object from ``path``; a missing file or bad JSON is one clear :class:`DataError`."""
+def read_json_file(path: Path, what: str, error: type[Exception] = DataError, object_only: bool = True):
+    """The JSON value in ``path`` (an object unless ``object_only`` is off); a missing file or bad
+    JSON is one clear ``error`` (a :class:`DataError` for data, an argument error for a flag's file)."""
     if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
+        raise error(f"{what} not found: {path}")
     try:
         value = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg})") from exc
-    if not isinstance(value, dict):
-        raise DataError(f"{path}: expected a JSON object")
+        raise error(f"{path}: not valid JSON ({exc.msg})") from exc
+    if object_only and not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object")
     return value
 
 

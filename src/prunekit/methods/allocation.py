@@ -20,7 +20,6 @@ and its parameter-weighted mean must be the step's ``--sparsity``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.tasks import read_json_file
 from ..errors import ArgumentError
 from ..models.adapters.base import LinearView
 from ..sparsity import SparsityTarget
@@ -75,12 +75,7 @@ def needs_calibration(options) -> bool:
 def read_allocation_file(path: str | Path) -> list[float]:
     """The per-layer sparsities of an allocation file, each checked to lie in [0, 0.99]."""
     file = Path(path)
-    if not file.is_file():
-        raise ArgumentError(f"--allocation file {file} does not exist")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ArgumentError(f"--allocation file {file} is not JSON: {err}") from None
+    data = read_json_file(file, "--allocation file", ArgumentError, object_only=False)
     values = data.get("sparsity") if isinstance(data, dict) else data
     if isinstance(values, dict):  # {"layer index": sparsity}, as the record writes it
         values = [values[k] for k in sorted(values, key=int)]

@@ -22,6 +22,7 @@ import torch
 from ..capture.layerwise import LayerContext
 from ..errors import ArgumentError
 from ..parallel import check_workers
+from ..renamed import renamed_fields, upgrade_keys
 from ..models.adapters.base import LinearView
 from ..sparsity import SparsityTarget
 from ..surgery import apply_mask, reconstruction_error
@@ -143,6 +144,7 @@ class Method:
     def parse_options(cls, values: dict[str, Any]) -> Any:
         """Build the options dataclass from keyword values, rejecting unknown names and bad choices."""
         known = {f.name: f for f in dataclasses.fields(cls.Options)}
+        values = upgrade_keys(values, renamed_fields(cls.Options))
         unknown = sorted(set(values) - set(known))
         if unknown:
             valid = ", ".join(known) or "none"

@@ -45,8 +45,10 @@ class FistaOptions(AllocationOptions, WorkerOptions):
     correction: str = field(default="intra", metadata={
         "choices": CORRECTIONS, "help": "fista: intra (dense layer inputs, pruned predecessors), none, or intra+inter"})
     warm_start: str = field(default="wanda", metadata={"choices": WARM_STARTS, "help": "fista: starting point"})
-    iterations: int = field(default=30, metadata={"help": "fista: FISTA iterations per λ-search step (warm-started)"})
-    final_iterations: int = field(default=30, metadata={"help": "fista: FISTA iterations at the chosen λ"})
+    fista_iterations: int = field(default=30, metadata={
+        "was": "iterations", "help": "fista: FISTA iterations per λ-search step (warm-started)"})
+    fista_final_iterations: int = field(default=30, metadata={
+        "was": "final_iterations", "help": "fista: FISTA iterations at the chosen λ"})
     tol: float = field(default=1e-4, metadata={"help": "fista: stop when ||W_k − W_k−1|| / ||W_k−1|| is below this"})
     bisection_steps: int = field(default=20, metadata={"help": "fista: at most this many λ search steps"})
     sparsity_tolerance: float = field(default=0.005, metadata={
@@ -258,7 +260,7 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
         x = lo + (goal - s_lo) * (hi - lo) / max(s_hi - s_lo, 1e-12)
         x = min(max(x, lo + 0.05 * (hi - lo)), hi - 0.05 * (hi - lo))
         lam = math.exp(x)
-        W, used = fista(problem, W, lam, options.iterations, options.tol)
+        W, used = fista(problem, W, lam, options.fista_iterations, options.tol)
         total_iterations += used
         consider(W, lam, f"search step {steps}")
         achieved = zero_fraction(W)
@@ -276,11 +278,11 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
         log.warning("%s: the λ search ended %.2f points from the target %.2f%% zeros after %d steps; continuing "
                     "with the best λ %.3g and the exact projection (raise --bisection-steps or --sparsity-tolerance)",
                     where, 100 * gap, 100 * goal, steps, lam)
-    W, used = fista(problem, W, lam, options.final_iterations, options.tol)
+    W, used = fista(problem, W, lam, options.fista_final_iterations, options.tol)
     total_iterations += used
     consider(W, lam, "final solve")
     for k in range(1, options.lambda_ladder + 1):
-        rung, used = fista(problem, start, lam / 2**k, options.iterations, options.tol)
+        rung, used = fista(problem, start, lam / 2**k, options.fista_iterations, options.tol)
         total_iterations += used
         consider(rung, lam / 2**k, f"ladder λ/{2**k}")
     if options.ranking_refit_iterations < options.refit_iterations:  # finish the winner's re-fit
@@ -307,7 +309,7 @@ class FISTAPruner(Method):
 
     @classmethod
     def validate_options(cls, options):
-        for name in ("iterations", "final_iterations", "bisection_steps"):
+        for name in ("fista_iterations", "fista_final_iterations", "bisection_steps"):
             if getattr(options, name) < 1:
                 raise ArgumentError(f"--{name.replace('_', '-')} must be at least 1")
         check_workers(options.workers)

@@ -66,7 +66,8 @@ class LLMPrunerOptions:
         "choices": ("kv", "query"),
         "help": "width: GQA unit = a KV head with its query heads (kv) or one query head, removed equally per KV group (query)"})
     units: str = field(default="heads,channels", metadata={"help": "width: which units to prune: heads, channels or both"})
-    random_seed: int = field(default=0, metadata={"help": "width: seed of --importance random"})
+    random_baseline_seed: int = field(default=0, metadata={
+        "was": "random_seed", "help": "width: seed of --importance random"})
     checkpointing: bool = field(default=False, metadata={"help": "width: gradient checkpointing for the Taylor pass"})
     round_to: int = field(default=1, metadata={
         "help": "width: keep each layer's MLP channels a multiple of N (a later N:M step needs M to divide them; "
@@ -184,7 +185,7 @@ class LLMPruner(WidthMethod):
             grads = dict(zip(modules, grad_list))
             fishers = dict(zip(modules, fisher_list)) if fisher_list is not None else None
         sqnorms = input_sqnorms(loaded, calib_ids, layers, progress) if opts.importance == "ria" else {}
-        generator = torch.Generator().manual_seed(opts.random_seed)
+        generator = torch.Generator().manual_seed(opts.random_baseline_seed)
         scores = {(i, k): aggregate(member_scores(g[k], opts.importance, grads, fishers, generator, sqnorms.get(i)),
                                     opts.aggregate)
                   for i, g in groups.items() for k in self.kinds}

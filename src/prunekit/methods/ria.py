@@ -20,7 +20,8 @@ from .base import MaskOptions, Method, ViewResult, register
 class RIAOptions(MaskOptions):
     group: str = field(default="matrix", metadata={"choices": ("matrix", "row"),
                                                    "help": "comparison group: per matrix (RIA default) or per output row"})
-    alpha_power: float = field(default=0.5, metadata={"help": "RIA: exponent a of the activation norm (default 0.5)"})
+    ria_activation_exponent: float = field(default=0.5, metadata={
+        "was": "alpha_power", "help": "RIA: exponent a of the activation norm (default 0.5)"})
     permute: bool = field(default=False, metadata={
         "help": "RIA, N:M only: reallocate input channels before choosing the mask (heuristic channel "
                 "reallocation), applied physically where it is exact (MLP down-projection and its producers)"})
@@ -74,7 +75,7 @@ class RIA(Method):
         """Permute ``view``'s inputs (and its producers' rows and the statistics) when that keeps more score."""
         n, m = self.target.n, self.target.m
         stats = ctx.stats_for(view)
-        scores = ria_scores(view.weight, stats.sqnorm, self.options.alpha_power)
+        scores = ria_scores(view.weight, stats.sqnorm, self.options.ria_activation_exponent)
         order = reallocation_order(scores, m)
         before, after = kept_score(scores, n, m), kept_score(scores[:, order], n, m)
         if after <= before:
@@ -87,5 +88,5 @@ class RIA(Method):
         return {"permuted": True, "kept_score_gain": (after - before) / before}
 
     def prune_view(self, view, ctx):
-        scores = ria_scores(view.weight, ctx.stats_for(view).sqnorm, self.options.alpha_power)
+        scores = ria_scores(view.weight, ctx.stats_for(view).sqnorm, self.options.ria_activation_exponent)
         return ViewResult(select_mask(scores, self.target_for(view), per_row=self.options.group == "row"))

@@ -38,7 +38,8 @@ class ShortGPTOptions(WorkerOptions):
     metric: str = field(default="bi", metadata={"choices": METRICS,
                                                 "help": "depth: bi (ShortGPT), angular (Gromov et al.), ppl (greedy, "
                                                         "SLEB-like), reverse or random (baselines)"})
-    random_seed: int = field(default=0, metadata={"help": "depth: seed of the random baseline"})
+    random_baseline_seed: int = field(default=0, metadata={
+        "was": "random_seed", "help": "depth: seed of --metric random"})
     granularity: str = field(default="layer", metadata={
         "choices": ("layer", "sublayer"),
         "help": "depth: remove whole layers, or attention/MLP blocks scored separately (a removed block "
@@ -116,7 +117,7 @@ class ShortGPT(DepthMethod):
         elif metric == "reverse":
             remove = list(range(total - 1 - n, total - 1))
         elif metric == "random":
-            generator = torch.Generator().manual_seed(self.options.random_seed)
+            generator = torch.Generator().manual_seed(self.options.random_baseline_seed)
             remove = torch.randperm(total, generator=generator)[:n].tolist()
         else:
             remove = list(self.explicit or [])
@@ -135,7 +136,7 @@ class ShortGPT(DepthMethod):
             scores = torch.stack([bi["attn"], bi["mlp"]], dim=1).reshape(-1)  # unit order (i, attn), (i, mlp)
             chosen = torch.sort(scores, stable=True).indices[:n].tolist()
         else:
-            generator = torch.Generator().manual_seed(self.options.random_seed)
+            generator = torch.Generator().manual_seed(self.options.random_baseline_seed)
             chosen = torch.randperm(len(units), generator=generator)[:n].tolist()
         report["remove"] = []
         report["skip_sublayers"] = sorted([list(units[u]) for u in chosen])

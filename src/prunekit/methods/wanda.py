@@ -12,9 +12,9 @@ from .base import LayerParallelOptions, Method, ViewResult, register, validate_p
 
 @dataclass
 class WandaOptions(LayerParallelOptions):
-    variant: bool = field(
+    wanda_variant: bool = field(
         default=False,
-        metadata={"help": "Wanda's per-row cumulative-score variant: prune the entries whose sorted cumulative "
+        metadata={"was": "variant", "help": "Wanda's per-row cumulative-score variant: prune the entries whose sorted cumulative "
                           "score stays below alpha x row sum, alpha bisected per matrix on [0, 0.8] to the target"},
     )
 
@@ -67,7 +67,7 @@ class Wanda(Method):
     def prune_view(self, view, ctx):
         scores = wanda_scores(view.weight, ctx.stats_for(view).sqnorm)
         target = self.target_for(view)
-        if self.options.variant and not target.is_nm:
+        if self.options.wanda_variant and not target.is_nm:
             mask = cumulative_variant_mask(scores, target.fraction)
             return ViewResult(mask, extra={"variant": True})
         return ViewResult(select_mask(scores, target, per_row=True))
