@@ -90,6 +90,24 @@ def test_ratio_semantics_layer_range_and_grouping(tiny_model_dir):
     assert lm.adapter.layer_shape(1) == {"heads": 2, "kv_heads": 2, "channels": 96}
 
 
+@pytest.mark.parametrize("method", ["llm-pruner", "spp"])
+def test_width_methods_take_layers_in_the_shared_index_syntax(tiny_model_dir, method):
+    """``--layers 1`` (as every method reads it) thins the same layer as ``--layer-range 1:2``; both at once is
+    an error naming the two."""
+    options = {"ratio": 0.25, "calibration": CalibrationSettings(nsamples=2, seqlen=16), "progress": False}
+    if method == "llm-pruner":
+        options["importance"] = "l1"
+    states = []
+    for selection in ({"layers": "-1"}, {"layer_range": "1:2"}):
+        lm = prunekit.load(tiny_model_dir("llama"))
+        prunekit.prune(lm, method, **selection, **options)
+        assert lm.adapter.layer_shape(0)["channels"] == 128 and lm.adapter.layer_shape(1)["channels"] == 96
+        states.append(lm.model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    with pytest.raises(ArgumentError, match="--layers and --layer-range both choose"):
+        prunekit.prune(lm, method, layers="1", layer_range="1:2", **options)
+
+
 def test_param_ratio_and_global_ranking(tiny_model_dir):
     lm = prunekit.load(tiny_model_dir("opt"))
     step = prunekit.prune(lm, "llm-pruner", param_ratio=0.005, layer_range="0:2", global_ranking=True,

@@ -91,11 +91,9 @@ def prune(
     calibration = calibration or CalibrationSettings()
     calibration.validate()
     adapter = loaded.adapter
-    if method_cls.kind == "depth":
+    if method_cls.kind in ("depth", "width"):  # --layers: the layers to remove (depth) or to thin (width)
         explicit = parse_layers(step.layers, adapter.num_layers()) if step.layers is not None else None
         pruner = method_cls(target, parsed_options, explicit_layers=explicit)
-    elif method_cls.kind == "width":
-        pruner = method_cls(target, parsed_options)
     elif method_cls.kind == "lowrank":
         pruner = method_cls(target, parsed_options)
         layer_ids, views_for = pruner.restrict(adapter, parse_layers(step.layers, adapter.num_layers()),

@@ -59,11 +59,13 @@ class Step:
                 raise ArgumentError(f"{self.method} removes whole layers; --roles does not apply")
             return method_cls, options, None
         if method_cls.kind == "width":
-            for flag, value in (("--sparsity", self.sparsity), ("--pattern", self.pattern), ("--roles", self.roles),
-                                ("--layers", self.layers)):
+            for flag, value in (("--sparsity", self.sparsity), ("--pattern", self.pattern), ("--roles", self.roles)):
                 if value is not None:
                     raise ArgumentError(f"{self.method} removes whole heads and channels: {flag} does not apply "
-                                        "(use --ratio or --param-ratio, --units and --layer-range)")
+                                        "(use --ratio or --param-ratio, --units and --layers or --layer-range)")
+            if self.layers is not None and "layer_range" in self.options:
+                raise ArgumentError(f"{self.method}: --layers and --layer-range both choose the layers to prune; "
+                                    "give one")
             return method_cls, options, None
         if method_cls.kind == "lowrank":
             for flag, value in (("--sparsity", self.sparsity), ("--pattern", self.pattern), ("--roles", self.roles)):

@@ -106,9 +106,11 @@ class Method:
     # LLM-Pruner's Taylor pass takes its gradients one window at a time
     batches_calibration: ClassVar[bool] = True
 
-    def __init__(self, target: SparsityTarget, options: Any = None):
+    def __init__(self, target: SparsityTarget, options: Any = None, explicit_layers: list[int] | None = None):
         self.target = target
         self.options = options if options is not None else self.Options()
+        # the step's --layers, where the method's kind takes them whole (depth: remove these; width: prune these)
+        self.explicit_layers = explicit_layers
         # per-view targets set by a non-uniform allocation (see methods/allocation.py), by view name
         self.layer_targets: dict[str, SparsityTarget] = {}
         if self.reports_error:  # the error report reads the Gram matrix, whatever the method itself needs

@@ -36,8 +36,8 @@ from ..models.adapters.units import UnitGroup
 from ..surgery.shrink import remove_units
 from ..capture.layerwise import layerwise
 from .base import WidthMethod, register
-from .unit_plan import (parse_layer_range, parse_unit_kinds, plan_removals, removal_count, unit_params,
-                        validate_round_to)
+from .unit_plan import (parse_unit_kinds, plan_removals, removal_count, unit_params, validate_round_to,
+                        width_layers)
 from .ria import ria_scores
 
 IMPORTANCES = ("element1", "element2", "vector", "ria", "l1", "l2", "random")
@@ -140,8 +140,8 @@ class LLMPruner(WidthMethod):
     default_calib_seqlen = 64
     Options = LLMPrunerOptions
 
-    def __init__(self, target, options=None):
-        super().__init__(target, options)
+    def __init__(self, target, options=None, explicit_layers: list[int] | None = None):
+        super().__init__(target, options, explicit_layers)
         if self.options.importance in ("l1", "l2", "random"):
             self.needs = frozenset()
         elif self.options.importance == "ria":
@@ -166,7 +166,7 @@ class LLMPruner(WidthMethod):
     def prune_width(self, loaded, calib_ids, *, progress: bool) -> dict:
         adapter = loaded.adapter
         opts = self.options
-        layers = parse_layer_range(opts.layer_range, adapter.num_layers())
+        layers = width_layers(self.explicit_layers, opts.layer_range, adapter.num_layers())
         groups = {i: adapter.unit_groups(i, opts.head_grouping) for i in layers}
         if opts.global_ranking and opts.head_grouping == "query" and any(g["heads"].partition > 1 for g in groups.values()):
             raise ArgumentError("--global-ranking with --head-grouping query cannot keep KV groups equal; use --head-grouping kv")

@@ -55,9 +55,8 @@ class ShortGPT(DepthMethod):
     Options = ShortGPTOptions
 
     def __init__(self, target, options=None, explicit_layers: list[int] | None = None):
-        super().__init__(target, options)
-        self.explicit = explicit_layers
-        if self.explicit is not None or self.options.metric in ("reverse", "random"):
+        super().__init__(target, options, explicit_layers)
+        if self.explicit_layers is not None or self.options.metric in ("reverse", "random"):
             # the baselines need no calibration data
             self.needs = frozenset()
 
@@ -76,8 +75,8 @@ class ShortGPT(DepthMethod):
 
     def count(self, total: int) -> int:
         """How many units (layers, or attention/MLP blocks with ``granularity=sublayer``) to remove."""
-        if self.explicit is not None:
-            n = len(self.explicit)
+        if self.explicit_layers is not None:
+            n = len(self.explicit_layers)
         elif self.options.remove_layers is not None:
             n = self.options.remove_layers
         elif self.options.remove_fraction is not None:
@@ -90,15 +89,15 @@ class ShortGPT(DepthMethod):
         return n
 
     def plan(self, loaded, calib_ids, *, batch_size, progress):
-        if self.explicit is None and self.options.metric in ("bi", "angular", "ppl") and calib_ids is None:
+        if self.explicit_layers is None and self.options.metric in ("bi", "angular", "ppl") and calib_ids is None:
             # without text there is nothing to score: never fall through to removing no layer
             raise ArgumentError(f"--metric {self.options.metric} scores layers on calibration text, and none was "
                                 f"given (pass calibration windows, or choose --metric reverse/random)")
-        if self.options.granularity == "sublayer" and self.explicit is None:
+        if self.options.granularity == "sublayer" and self.explicit_layers is None:
             return self._plan_sublayers(loaded, calib_ids, batch_size, progress)
         total = loaded.adapter.num_layers()
         n = self.count(total)
-        metric = "explicit" if self.explicit is not None else self.options.metric
+        metric = "explicit" if self.explicit_layers is not None else self.options.metric
         report: dict = {"metric": metric, "count": n, "layers_before": total}
         if metric in ("bi", "angular"):
             stats = layer_io_statistics(loaded, calib_ids, batch_size=batch_size, progress=progress,
@@ -120,7 +119,7 @@ class ShortGPT(DepthMethod):
             generator = torch.Generator().manual_seed(self.options.random_baseline_seed)
             remove = torch.randperm(total, generator=generator)[:n].tolist()
         else:
-            remove = list(self.explicit or [])
+            remove = list(self.explicit_layers or [])
         report["remove"] = sorted(remove)
         report["removal_order"] = remove
         return report

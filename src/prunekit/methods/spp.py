@@ -52,7 +52,7 @@ from ..lbi import LBISettings, PathResult, largest_eigenvalue, linearized_bregma
 from ..models.adapters.units import UnitGroup
 from .base import WidthMethod, register
 from .llm_pruner import member_scores
-from .unit_plan import parse_layer_range, parse_unit_kinds, validate_round_to
+from .unit_plan import parse_unit_kinds, validate_round_to, width_layers
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class SPP(WidthMethod):
 
         adapter = loaded.adapter
         opts = self.options
-        layers = parse_layer_range(opts.layer_range, adapter.num_layers())
+        layers = width_layers(self.explicit_layers, opts.layer_range, adapter.num_layers())
         if opts.global_ranking and opts.head_grouping == "query" and "heads" in self.kinds and \
                 any(adapter.unit_groups(i, "query")["heads"].partition > 1 for i in layers):
             raise ArgumentError("--global-ranking with --head-grouping query cannot keep KV groups equal; use --head-grouping kv")

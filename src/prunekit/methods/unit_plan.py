@@ -40,6 +40,12 @@ def parse_layer_range(text: str, depth: int) -> list[int]:
     return list(range(start, end))
 
 
+def width_layers(explicit: list[int] | None, layer_range: str, depth: int) -> list[int]:
+    """The layers a width method prunes: the step's ``--layers`` (the index syntax every method
+    shares) when given, else its ``--layer-range``."""
+    return list(explicit) if explicit is not None else parse_layer_range(layer_range, depth)
+
+
 def unit_params(group: UnitGroup) -> int:
     """Parameters one unit of ``group`` carries (weights and bias entries)."""
     total = 0
