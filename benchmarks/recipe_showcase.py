@@ -37,8 +37,10 @@ def step_row(number: int, record: dict) -> list[str]:
         after = f"{record['sparsity']['overall']:.3f} of the pruned linears zero"
     elif "recovery" in record:
         lora = record["recovery"]
-        after = (f"training loss {lora['loss_first']:.3f} → {lora['loss_last']:.3f}; zero fraction "
-                 f"{lora['sparsity_before']:.3f} → {lora['sparsity_after']:.3f}")
+        loss = (f"held-out loss {lora['heldout_loss_before']:.3f} → {lora['heldout_loss_after']:.3f}"
+                if lora.get("heldout_loss_before") is not None else  # records from before held-out windows
+                f"training loss {lora['loss_first']:.3f} → {lora['loss_last']:.3f}")
+        after = f"{loss}; zero fraction {lora['sparsity_before']:.3f} → {lora['sparsity_after']:.3f}"
     else:
         evaluation = record.get("evaluation", {})
         parts = [f"WikiText-2 ppl {evaluation['ppl']['wikitext2']:.2f}"] if "ppl" in evaluation else []

@@ -176,6 +176,16 @@ def test_lora_keeps_sparsity_and_changes_weights(tiny_model_dir):
         assert torch.equal(view.weight == 0, before[view.name] == 0), view.name
         assert not torch.equal(view.weight, before[view.name]), view.name
     assert max(report["zero_fraction_after_merge_before_remask"].values()) < 0.5  # the merge did fill zeros
+    # the objective on the 8 windows drawn after the training ones, measured on the model before training and on
+    # the merged, re-masked result
+    assert report["heldout_windows"] == 8 and report["heldout_loss_after"] != report["heldout_loss_before"]
+    untrained = prunekit.load(tiny_model_dir("llama"))
+    prunekit.prune(untrained, "wanda", sparsity=0.5, calibration=FAST, progress=False)
+    from prunekit.recovery.lora import training_windows
+    ids = training_windows(untrained, LoraSettings(steps=3, batch_size=2, seqlen=16), None).ids[6:]
+    with torch.no_grad():
+        expected = sum(untrained.model(input_ids=ids[i:i + 2], labels=ids[i:i + 2]).loss.item() for i in (0, 2, 4, 6)) / 4
+    assert report["heldout_loss_before"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_lora_data_missing_or_empty(tiny_model_dir, tmp_path):

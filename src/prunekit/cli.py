@@ -474,8 +474,13 @@ def cmd_recover(args) -> int:
     path = _save_with_loss_plot(lm, args, record, [result])
     report = result["recovery"]
     how = "LoRA" if args.objective == "lm" else f"distillation ({report['params']}, teacher {report['teacher']['model']})"
-    print(f"recovered {args.model} with {how}: {settings.steps} steps, loss {report['loss_first']:.3f} -> "
-          f"{report['loss_last']:.3f}, sparsity {report['sparsity_before']:.4f} -> {report['sparsity_after']:.4f} -> {path}")
+    if report.get("heldout_loss_before") is not None:
+        loss = (f"held-out loss {report['heldout_loss_before']:.3f} -> {report['heldout_loss_after']:.3f} "
+                f"({report['heldout_windows']} windows)")
+    else:
+        loss = f"training loss {report['loss_first']:.3f} -> {report['loss_last']:.3f} (first/last tenth of the steps)"
+    print(f"recovered {args.model} with {how}: {settings.steps} steps, {loss}, sparsity "
+          f"{report['sparsity_before']:.4f} -> {report['sparsity_after']:.4f} -> {path}")
     for name, value in (before or {}).get("ppl", {}).items():
         print(f"ppl {name} before recovery: {value:.4f}")
     _print_ppl(evaluation)
@@ -720,7 +725,10 @@ def cmd_run(args) -> int:
         if "evaluation" in record:
             summary = {k: record["evaluation"][k] for k in ("ppl", "zero_shot") if k in record["evaluation"]}
         if "recovery" in record:
-            summary = {"final loss": record["recovery"]["losses"][-1]}
+            recovery = record["recovery"]
+            summary = {"held-out loss before": recovery.get("heldout_loss_before"),
+                       "after": recovery.get("heldout_loss_after")} if recovery.get("heldout_loss_before") is not None \
+                else {"training loss, last tenth": recovery["loss_last"]}
         print(f"step {number}/{len(recipe.steps)} (line {item.line}) {item.method}: done "
               f"{json.dumps(summary, default=str)[:300]}", flush=True)
 

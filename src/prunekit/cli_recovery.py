@@ -53,6 +53,9 @@ def add_recovery_args(parser: argparse.ArgumentParser, prefix: str = "", shown: 
         add_renamed_flag(group, flag(old), flag(f"lora-{old}"), dest=f"{dest}{old}", type=kind)
     group.add_argument(flag("seed"), type=int, default=defaults.seed, help="seed of the windows and the LoRA init")
     group.add_argument(flag("checkpointing"), action="store_true", help="gradient checkpointing (less memory, slower)")
+    group.add_argument(flag("heldout"), type=int, default=defaults.heldout, metavar="N",
+                       help="windows after the training ones on which the objective is measured before and after "
+                            f"(default {defaults.heldout}; 0: none)")
     kd.add_argument(flag("kd-alpha"), type=float, metavar="X", help=f"α, weight of the logit KL (default {defaults.kd_alpha})")
     kd.add_argument(flag("kd-temperature"), type=float, metavar="X", help=f"T (default {defaults.kd_temperature})")
     kd.add_argument(flag("kd-hidden-weight"), type=float, metavar="X", help="β, weight of the hidden-state term, layers mapped "
@@ -74,7 +77,7 @@ def recovery_settings(args, prefix: str = "", objective: str = "lm") -> LoraSett
     get = lambda name: getattr(args, prefix + name)  # noqa: E731
     common = dict(data=get("data"), steps=get("steps"), lr=get("lr"), batch_size=get("batch_size"), seqlen=get("seqlen"),
                   rank=get("rank"), alpha=get("alpha"), dropout=get("dropout"), seed=get("seed"),
-                  checkpointing=get("checkpointing"))
+                  checkpointing=get("checkpointing"), heldout=get("heldout"))
     given = {name: get(name) for name in _KD_FLAGS if get(name) is not None}
     if objective == "kd":
         settings: LoraSettings = KdSettings(**common, **given)

@@ -202,13 +202,10 @@ def recover_kd(loaded: LoadedModel, settings: KdSettings | None = None, *, histo
     student_hooks = _LayerOutputs(loaded.adapter.decoder_layers(), list(range(loaded.adapter.num_layers()))) \
         if use_hidden else None
     teacher_hooks = _LayerOutputs(teacher.adapter.decoder_layers(), mapping) if use_hidden else None
-    state = {"step": 0}
 
-    def loss_fn(model, batch):
+    def loss_fn(model, batch, start):
         wants_ce = settings.kd_ce_weight > 0
         out = model(input_ids=batch, labels=batch if wants_ce else None, use_cache=False)
-        start = state["step"] * settings.batch_size
-        state["step"] += 1
         if cache is not None:
             t_logits, t_index = (c[start : start + batch.shape[0]].to(batch.device) for c in cache)
         else:

@@ -20,15 +20,16 @@ __all__ = ["LoraSettings", "recover_lora", "training_windows"]
 
 
 def training_windows(loaded: LoadedModel, settings: LoraSettings, data_root: str | os.PathLike | None):
-    """The seeded training windows of a recovery run (``steps × batch_size`` of ``seqlen`` tokens)."""
+    """The seeded windows of a recovery run: ``steps × batch_size`` of ``seqlen`` tokens to train
+    on, then ``heldout`` more from the same sampler (a longer draw keeps the first ones)."""
     settings.validate()
     if settings.seqlen > loaded.adapter.max_context:
         raise ArgumentError(f"--seqlen {settings.seqlen} is longer than the model's context ({loaded.adapter.max_context})")
-    return calibration_windows(loaded.tokenizer, settings.data, nsamples=settings.steps * settings.batch_size,
+    return calibration_windows(loaded.tokenizer, settings.data, nsamples=settings.steps * settings.batch_size + settings.heldout,
                                seqlen=settings.seqlen, seed=settings.seed, data_root=resolve_data_root(data_root))
 
 
-def _next_token_loss(model, batch):
+def _next_token_loss(model, batch, start):
     loss = model(input_ids=batch, labels=batch, use_cache=False).loss
     return loss, {"ce": loss.item()}
 

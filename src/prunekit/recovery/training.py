@@ -24,8 +24,9 @@ from ..models.loading import LoadedModel
 
 SPARSE_MODULE_THRESHOLD = 0.01  # a map with more zeros than this is treated as deliberately sparse
 
-# (model to call, batch of token ids) -> (loss to minimise, its named parts for the report)
-LossFn = Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+# (model to call, batch of token ids, index of the batch's first window) -> (loss to minimise, its named
+# parts for the report)
+LossFn = Callable[[torch.nn.Module, torch.Tensor, int], tuple[torch.Tensor, dict[str, float]]]
 
 
 @dataclass
@@ -43,13 +44,18 @@ class LoraSettings:
     warmup_fraction: float = 0.1
     seed: int = 0
     checkpointing: bool = False
+    # windows drawn after the training ones (the same seeded sampler) on which the objective is
+    # measured before and after training: each step's loss is on a fresh batch, so the curve mixes
+    # how hard a batch is with what was learnt; these windows are the same at both ends
+    heldout: int = 8
 
     def validate(self) -> None:
         checks = [(self.steps >= 1, "--steps must be at least 1"), (self.lr > 0, "--lr must be positive"),
                   (self.batch_size >= 1, "--batch-size must be at least 1"), (self.seqlen >= 2, "--seqlen must be at least 2"),
                   (self.rank >= 1, "--rank must be at least 1"), (self.alpha > 0, "--alpha must be positive"),
                   (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
-                  (0 <= self.warmup_fraction < 1, "--warmup-fraction must be in [0, 1)")]
+                  (0 <= self.warmup_fraction < 1, "--warmup-fraction must be in [0, 1)"),
+                  (self.heldout >= 0, "--heldout must be at least 0")]
         for ok, message in checks:
             if not ok:
                 raise ArgumentError(message)
@@ -72,12 +78,32 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+@torch.no_grad()
+def _heldout_loss(model: torch.nn.Module, ids: torch.Tensor, first: int, batch_size: int, loss_fn: LossFn) -> float | None:
+    """Mean objective over the held-out windows ``ids[first:]`` (dropout off), or None without any."""
+    if first >= ids.shape[0]:
+        return None
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(first, ids.shape[0], batch_size):
+        batch = ids[start : start + batch_size].to(device)
+        total += loss_fn(model, batch, start)[0].item() * batch.shape[0]
+        count += batch.shape[0]
+    model.train(was_training)
+    return total / count
+
+
 def train(loaded: LoadedModel, settings: LoraSettings, ids: torch.Tensor, loss_fn: LossFn, *, params: str = "lora",
           progress: bool = True, desc: str = "LoRA") -> dict:
-    """Train ``loaded`` in place on ``ids`` (``steps × batch_size`` windows) with ``loss_fn``;
-    return the losses (total and parts per step) and what happened to the sparse maps."""
+    """Train ``loaded`` in place on the first ``steps × batch_size`` windows of ``ids`` with
+    ``loss_fn``, measuring it on the rest (held out) before and after; return the losses (total
+    and parts per step, held-out at both ends) and what happened to the sparse maps."""
     started = time.perf_counter()
     model = loaded.model
+    trained_windows = settings.steps * settings.batch_size
+    before = _heldout_loss(model, ids, trained_windows, settings.batch_size, loss_fn)
     masks = sparse_masks(loaded)
     modules = {view.name: view.module for i in range(loaded.adapter.num_layers()) for view in loaded.adapter.linears(i)}
     hooks = []
@@ -112,7 +138,7 @@ def train(loaded: LoadedModel, settings: LoraSettings, ids: torch.Tensor, loss_f
     try:
         for step in bar:
             batch = ids[step * settings.batch_size : (step + 1) * settings.batch_size].to(device)
-            loss, named = loss_fn(trained, batch)
+            loss, named = loss_fn(trained, batch, step * settings.batch_size)
             if not torch.isfinite(loss):
                 raise NumericalError(f"{desc} loss became {loss.item()} at step {step}; lower --lr")
             loss.backward()
@@ -144,10 +170,14 @@ def train(loaded: LoadedModel, settings: LoraSettings, ids: torch.Tensor, loss_f
             moved[name] = int((weight[mask] != 0).sum())
             zero_fraction[name] = round((weight == 0).float().mean().item(), 6)
             weight.masked_fill_(mask, 0.0)
-    tail = losses[-10:]
+    after = _heldout_loss(model, ids, trained_windows, settings.batch_size, loss_fn)
+    tenth = max(1, len(losses) // 10)
     return {
         "losses": [round(x, 5) for x in losses], "loss_parts": parts,
-        "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
+        # means over the first and the last tenth of the steps (each step its own batch)
+        "loss_first": sum(losses[:tenth]) / tenth, "loss_last": sum(losses[-tenth:]) / tenth,
+        "heldout_loss_before": before, "heldout_loss_after": after,
+        "heldout_windows": ids.shape[0] - trained_windows,
         "trainable_params": sum(p.numel() for p in trainable), "params": params,
         "tokens": settings.steps * settings.batch_size * settings.seqlen,
         "masked_modules": len(masks),

@@ -206,6 +206,9 @@ def _method_specific(record: dict, figures: Path, homes: list[Path]) -> list[Sec
             file = f"recovery_loss_step{number}.png"
             recovery_loss_plot(recovery, figures / file)
             section = Section(f"Recovery (step {number})")
+            if recovery.get("heldout_loss_before") is not None:
+                section.items([f"objective on {recovery['heldout_windows']} held-out windows: "
+                               f"{recovery['heldout_loss_before']:.4f} before, {recovery['heldout_loss_after']:.4f} after"])
             if recovery.get("objective") == "kd":
                 section.items([f"teacher: {recovery['teacher'].get('model')} ({recovery['teacher'].get('mode')})",
                                f"trained: {recovery.get('params')}, {recovery.get('tokens')} tokens",
