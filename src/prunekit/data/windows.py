@@ -30,11 +30,11 @@ _STREAMS_KEPT = 8
 def tokenize_stream(tokenizer, text: str) -> torch.Tensor:
     """Tokenize a whole corpus once, the way the reference protocols do (tokenizer defaults).
 
-    Streams are kept per process (a few corpora, keyed by the tokenizer and the text), so a
-    recipe or a test session that draws windows from the same corpus again does not re-tokenize
-    megabytes of text.
+    Streams are kept per process (a few corpora, keyed by the tokenizer's content and the text),
+    so a recipe or a test session that draws windows from the same corpus again does not
+    re-tokenize megabytes of text — also when the same tokenizer was saved beside another model.
     """
-    key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer), len(text), hash(text))
+    key = (type(tokenizer).__name__, _tokenizer_fingerprint(tokenizer), len(tokenizer), len(text), hash(text))
     if key in _STREAMS:
         _STREAMS.move_to_end(key)
         return _STREAMS[key]
@@ -43,6 +43,20 @@ def tokenize_stream(tokenizer, text: str) -> torch.Tensor:
     while len(_STREAMS) > _STREAMS_KEPT:
         _STREAMS.popitem(last=False)
     return stream
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """What the tokenizer does (a fast tokenizer's full serialisation, hashed once per object),
+    or where it came from for one without a serialisable backend."""
+    cached = getattr(tokenizer, "_prunekit_fingerprint", None)
+    if cached is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        cached = str(hash(backend.to_str())) if backend is not None else getattr(tokenizer, "name_or_path", "")
+        try:
+            tokenizer._prunekit_fingerprint = cached
+        except AttributeError:  # an object that takes no new attributes: computed again next time
+            pass
+    return cached
 
 
 def _tokenize(tokenizer, text: str) -> torch.Tensor:
