@@ -37,6 +37,7 @@ STATES = ([(m, t, {}) for t in ("50%", "2:4") for m in ("fista", "sparsegpt", "w
           + [("fista", "50%", {"correction": "intra+inter"})]
           + [("fista", t, o) for t in ("5%", "20%") for o in ({}, {"correction": "none"}, {"correction": "intra+inter"})]
           + [("fista", "50%", {"workers": 2})]
+          + [("fista", t, {"fista_mode": "paper"}) for t in ("50%", "2:4")]  # the published algorithm alone
           + [("dense", "-", {}), ("magnitude", "50%", {}), ("magnitude", "2:4", {})])
 TIMING_ONLY = {"workers"}  # states that only time the prune: their weights must equal the 1-worker run's
 
@@ -44,7 +45,7 @@ TIMING_ONLY = {"workers"}  # states that only time the prune: their weights must
 def _label(method: str, options: dict) -> str:
     if method != "fista":
         return method
-    label = f"fista ({options.get('correction', 'intra')})"
+    label = f"fista ({options.get('correction', 'intra')}" + (", paper mode)" if options.get("fista_mode") == "paper" else ")")
     return label + (f", {options['workers']} workers" if options.get("workers", 1) > 1 else "")
 
 

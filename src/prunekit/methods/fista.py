@@ -36,12 +36,16 @@ from ..parallel import check_workers
 
 WARM_STARTS = ("wanda", "magnitude", "sparsegpt", "dense")
 PROJECTIONS = ("matrix", "row")
+FISTA_MODES = ("prunekit", "paper")
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class FistaOptions(AllocationOptions, WorkerOptions):
+    fista_mode: str = field(default="prunekit", metadata={"choices": FISTA_MODES, "help": (
+        "fista: prunekit (warm start, λ ladder, re-fit, the lowest-error candidate) or paper (FISTAPruner as "
+        "published: from the dense weights, λ bisected to the target, the final solution projected)")})
     correction: str = field(default="intra", metadata={
         "choices": CORRECTIONS, "help": "fista: intra (dense layer inputs, pruned predecessors), none, or intra+inter"})
     warm_start: str = field(default="wanda", metadata={"choices": WARM_STARTS, "help": "fista: starting point"})
@@ -228,7 +232,8 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
     false`` and a warning names the operator (``where``) so a user can raise the step budget.
     """
     problem = Problem.from_statistics(weight, stats)
-    W = start = warm_start(options.warm_start, weight, stats, target)
+    paper = options.fista_mode == "paper"  # the published algorithm: one path, its end projected, no extras
+    W = start = warm_start("dense" if paper else options.warm_start, weight, stats, target)
     goal = target.fraction
     report = {"objective_warm_start": problem.smooth(W), "L": problem.L}
     chosen, chosen_f, source, selected, candidates = W, math.inf, W, {}, 0
@@ -239,10 +244,12 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
         The ``baseline`` (the warm start) is always taken, so the result is never worse than it —
         even when the weight already has more zeros than the target (a pruned model pruned again)."""
         nonlocal chosen, chosen_f, source, selected, candidates
+        if paper and label != "final solve":
+            return
         zeros = zero_fraction(solution)
         if zeros > goal + options.sparsity_tolerance and not baseline:
             return
-        candidate, value = _candidate(problem, solution, target, options, options.ranking_refit_iterations)
+        candidate, value = _candidate(problem, solution, target, options, 0 if paper else options.ranking_refit_iterations)
         candidates += 1
         if baseline or value < chosen_f:
             chosen, chosen_f, source = candidate, value, solution
@@ -280,12 +287,12 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
                     where, 100 * gap, 100 * goal, steps, lam)
     W, used = fista(problem, W, lam, options.fista_final_iterations, options.tol)
     total_iterations += used
-    consider(W, lam, "final solve")
-    for k in range(1, options.lambda_ladder + 1):
+    consider(W, lam, "final solve", baseline=paper)
+    for k in range(1, 0 if paper else options.lambda_ladder + 1):
         rung, used = fista(problem, start, lam / 2**k, options.fista_iterations, options.tol)
         total_iterations += used
         consider(rung, lam / 2**k, f"ladder λ/{2**k}")
-    if options.ranking_refit_iterations < options.refit_iterations:  # finish the winner's re-fit
+    if not paper and options.ranking_refit_iterations < options.refit_iterations:  # finish the winner's re-fit
         finished, finished_f = _candidate(problem, source, target, options)
         if math.isfinite(finished_f) and finished_f <= chosen_f and bool(torch.isfinite(finished).all()):
             chosen, chosen_f = finished, finished_f
@@ -302,7 +309,7 @@ class FISTAPruner(Method):
     name = "fista"
     summary = ("FISTAPruner's L1 layer-wise model (FISTA, intra-layer error correction, λ bisection) plus prunekit's "
                "additions: a Wanda warm start, a λ ladder, a least-squares re-fit on the support, and the "
-               "candidate with the lowest layer-wise error")
+               "candidate with the lowest layer-wise error (--fista-mode paper: the published algorithm alone)")
     needs = frozenset({"paired"})
     engine = "paired"
     Options = FistaOptions
@@ -317,6 +324,13 @@ class FISTAPruner(Method):
             raise ArgumentError("--workers > 1 needs --correction intra or none (intra+inter chains the layers)")
         if min(options.refit_iterations, options.ranking_refit_iterations, options.lambda_ladder) < 0:
             raise ArgumentError("--refit-iterations, --ranking-refit-iterations and --lambda-ladder must be at least 0")
+        defaults = FistaOptions()
+        extras = [f"--{name.replace('_', '-')}" for name in ("warm_start", "lambda_ladder", "refit_iterations",
+                                                             "ranking_refit_iterations")
+                  if getattr(options, name) != getattr(defaults, name)]
+        if options.fista_mode == "paper" and extras:
+            raise ArgumentError(f"--fista-mode paper runs the published algorithm: {', '.join(extras)} "
+                                "belong to prunekit's mode")
         if not 0 < options.tol < 1 or not 0 < options.sparsity_tolerance < 0.5:
             raise ArgumentError("--tol must be in (0, 1) and --sparsity-tolerance in (0, 0.5)")
 
