@@ -17,10 +17,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .capture import layerwise
-from .capture.layerwise import PhaseClock
-from .capture.paired import paired_layerwise
-from .capture.parallel_layers import parallel_layerwise
 from .data import calibration_windows, evaluation_windows, resolve_data_root
 from .errors import ArgumentError, UnsupportedArchitectureError
 from .eval.perplexity import perplexity
@@ -29,11 +25,12 @@ from .io.shapes import has_per_layer_shapes, sync_config_shapes
 from .models.adapters import supported_model_types
 from .methods.allocation import allocate, check_allocation_layers, check_allocation_target, uses_allocation
 from .methods.allocation import needs_calibration as needs_allocation_data
+from .methods.base import Execution
 from .models.loading import LoadedModel, load_model
+from .pipeline import WalkInputs, is_streamable, run_depth, run_layers, run_width
 from .recipe import CalibrationSettings, Step
 from .recovery import KdSettings, LoraSettings, recover_kd, recover_lora
 from .selection import parse_layers, parse_modules, parse_roles, view_selector
-from .surgery import remove_layers, skip_sublayers
 from .sparsity import check_nm, parse_pattern, validate_nm_width, zero_fraction
 from .parallel import check_workers
 
@@ -126,21 +123,15 @@ def prune(
     data_seconds = time.perf_counter() - started
     timings = {"calibration_data": round(data_seconds, 3)}
 
-    if method_cls.kind == "depth":
-        params_before = _param_count(loaded)
-        plan = pruner.plan(loaded, calib_ids, batch_size=batch_size, progress=progress)
-        kept = remove_layers(adapter, plan["remove"])
-        if plan.get("skip_sublayers"):
-            plan["zeroed_modules"] = skip_sublayers(adapter, [tuple(b) for b in plan["skip_sublayers"]])
-        plan.update({"kept": kept, "layers_after": adapter.num_layers(), "params_before": params_before,
-                     "params_after": _param_count(loaded)})
+    if pruner.execution is Execution.DEPTH:
+        plan = run_depth(pruner, loaded, calib_ids, batch_size=batch_size, progress=progress, param_count=_param_count)
         timings["prune"] = round(time.perf_counter() - started - data_seconds, 3)
         return {"step": {"method": method_cls.name, "options": vars(parsed_options), "layers": step.layers},
                 "calibration": calib_record, "depth": plan, "sparsity": {}, "layers": [], "timings": timings,
                 "peak_rss_mb": peak_rss_mb()}
 
-    if method_cls.kind == "width":
-        width = pruner.prune_width(loaded, calib_ids, progress=progress)
+    if pruner.execution is Execution.WHOLE_MODEL:
+        width = run_width(pruner, loaded, calib_ids, progress=progress)
         timings["prune"] = round(time.perf_counter() - started - data_seconds, 3)
         return {"step": {"method": method_cls.name, "options": vars(parsed_options)}, "calibration": calib_record,
                 "width": width, "sparsity": {}, "layers": [], "timings": timings, "peak_rss_mb": peak_rss_mb()}
@@ -151,27 +142,12 @@ def prune(
                               batch_size=batch_size, progress=progress)
         pruner.layer_targets = allocation.targets(views_for)
         timings["allocation"] = round(allocation.seconds, 3)
-    if pruner.independent_layers:
-        if residency is not None:
-            raise ArgumentError("--stream walks the layers one at a time in order: drop --inputs dense / --workers")
-        results = parallel_layerwise(loaded, pruner, calib_ids=calib_ids, views_for=views_for, layers=layer_ids,
-                                     batch_size=batch_size, workers=parsed_options.workers,
-                                     executor=parsed_options.executor, progress=progress)
-    elif getattr(pruner, "engine", "layerwise") == "paired":
-        results = paired_layerwise(loaded, pruner.prune_paired, calib_ids=calib_ids, correction=parsed_options.correction,
-                                   layers=layer_ids, views_for=views_for, batch_size=batch_size, progress=progress,
-                                   workers=parsed_options.workers, executor=parsed_options.executor)
-    else:
-        clock = PhaseClock()
-        results = layerwise(
-            loaded, pruner.prune_layer, calib_ids=calib_ids, needs=pruner.needs, collect_upfront=pruner.collect_upfront,
-            views_for=views_for, layers=layer_ids, batch_size=batch_size, stats_dtype=pruner.stats_dtype,
-            progress=progress, residency=residency, clock=clock,
-        )
-        timings["phases"] = clock.as_dict()
+    run = run_layers(pruner, WalkInputs(loaded, calib_ids, views_for, layer_ids, batch_size, progress, residency))
+    if run.phases is not None:
+        timings["phases"] = run.phases
     modules: dict[str, dict] = {}
     layer_reports = []
-    for index, reports, seconds in results:
+    for index, reports, seconds in run.results:
         modules.update(reports)
         layer_reports.append({"index": index, "seconds": round(seconds, 3), "modules": reports})
     total = sum(_numel(r) for r in modules.values())
@@ -205,9 +181,11 @@ def prune(
 
 def require_streamable(method_cls, options) -> None:
     """Streaming keeps one decoder layer in memory and the checkpoint's tensor names: methods that
-    remove layers or units, store factors, or need the paired dense/pruned engine cannot stream."""
-    if method_cls.kind not in ("mask", "lowrank") or getattr(options, "factored", False) \
-            or getattr(method_cls, "engine", "layerwise") != "layerwise":
+    remove layers or units, store factors, or need the paired dense/pruned walk cannot stream."""
+    pruner = method_cls(None, options)
+    if pruner.execution is Execution.INDEPENDENT and method_cls.kind in ("mask", "lowrank"):
+        raise ArgumentError("--stream walks the layers one at a time in order: drop --inputs dense / --workers")
+    if not is_streamable(pruner):
         raise ArgumentError(f"--stream works with methods that prune one layer at a time in place (magnitude, wanda, "
                             f"sparsegpt, ria, svd without --factored); {method_cls.name} is not one of them")
 

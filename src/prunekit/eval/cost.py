@@ -135,7 +135,7 @@ def _reset_hwm() -> bool:
 
 def measure(model: str, load_options: dict, settings: CostSettings, quiet: bool = True) -> dict:
     """Load ``model`` in this process and measure it (run it in a fresh process: see :func:`measure_cost`)."""
-    from ..api import load
+    from ..models.loading import load_model  # not prunekit.api, which imports this module
 
     if quiet:
         import transformers
@@ -146,7 +146,7 @@ def measure(model: str, load_options: dict, settings: CostSettings, quiet: bool 
     _reset_hwm()
     before = _hwm_mb()
     started = time.perf_counter()
-    loaded = load(model, **load_options, require_adapter=False)
+    loaded = load_model(model, **load_options, require_adapter=False)
     load_seconds = time.perf_counter() - started
     at_load = _hwm_mb()
     reset = _reset_hwm()

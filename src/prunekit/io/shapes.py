@@ -14,8 +14,10 @@ Transformers configs hold one head count and one MLP width for all layers. After
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..models.adapters.base import Adapter
+if TYPE_CHECKING:  # type hints only: io is imported by models, so a runtime import would be a cycle
+    from ..models.adapters.base import Adapter
 
 SHAPES_KEY = "prunekit_shapes"
 FACTORED_KEY = "prunekit_factored"  # low-rank maps stored as two factors (see surgery/lowrank.py)

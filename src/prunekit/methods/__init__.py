@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 from ..surgery import apply_mask
-from .base import DepthMethod, Method, available_methods, get_method, register
+from .base import DepthMethod, Execution, Method, available_methods, get_method, register
 
 _discovered = False
 

@@ -13,6 +13,7 @@ accumulate it only when asked, since it costs about as much as SparseGPT's stati
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -91,12 +92,26 @@ class ViewResult:
     extra: dict = dataclasses.field(default_factory=dict)
 
 
+class Execution(str, enum.Enum):
+    """How a method runs: the walk over the model that feeds it. Every method declares one through
+    :attr:`Method.execution`, and :mod:`prunekit.pipeline` runs each kind; a new method picks one
+    and needs nothing in ``api.py`` or ``cli.py``."""
+
+    SEQUENTIAL = "sequential"  # layer by layer on the pruned model's own activations (the papers' convention)
+    INDEPENDENT = "independent"  # each layer decided from the dense model alone: layers may run in parallel
+    PAIRED = "paired"  # dense and pruned inputs of each layer side by side (FISTA's corrections)
+    WHOLE_MODEL = "whole-model"  # the method walks the model itself (width: gradients, solution paths)
+    DEPTH = "depth"  # layers are scored, then removed
+
+
 class Method:
     """Base class of a pruning method; subclasses register with :func:`register`."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    kind: ClassVar[str] = "mask"  # "mask": per-layer weight changes; "depth": removes layers; "width": shrinks units
+    # what the method changes: "mask" (weights in place), "lowrank" (matrices clipped or factored), "depth" (removes
+    # layers), "width" (shrinks units); how it runs is :attr:`execution`
+    kind: ClassVar[str] = "mask"
     needs: ClassVar[frozenset[str]] = frozenset()
     default_calib: ClassVar[str] = "c4"
     default_nsamples: ClassVar[int] = 128
@@ -136,11 +151,11 @@ class Method:
         return torch.float32
 
     @property
-    def independent_layers(self) -> bool:
-        """True when every layer is decided from the dense model (its weights, or its inputs'
-        statistics) alone, so the layers go through the layer-parallel walk
-        (:mod:`prunekit.capture.parallel_layers`)."""
-        return getattr(self.options, "inputs", "sequential") == "dense"
+    def execution(self) -> Execution:
+        """The walk this method runs on as configured: sequential, or independent when every layer
+        is decided from the dense model (its weights, or its inputs' statistics) alone
+        (``--inputs dense``), so the layers go through the layer-parallel walk."""
+        return Execution.INDEPENDENT if getattr(self.options, "inputs", "sequential") == "dense" else Execution.SEQUENTIAL
 
     @classmethod
     def parse_options(cls, values: dict[str, Any]) -> Any:
@@ -221,6 +236,10 @@ class DepthMethod(Method):
 
     kind = "depth"
 
+    @property
+    def execution(self) -> Execution:
+        return Execution.DEPTH
+
     def plan(self, loaded, calib_ids, *, batch_size: int, progress: bool) -> dict:
         """``{"remove": [layer indices], ...scores for the report}`` — decided, not yet applied."""
         raise NotImplementedError
@@ -235,6 +254,10 @@ class WidthMethod(Method):
     """A method that removes whole units (heads, channels) and shrinks the model physically."""
 
     kind = "width"
+
+    @property
+    def execution(self) -> Execution:
+        return Execution.WHOLE_MODEL
 
     def prune_width(self, loaded, calib_ids, *, progress: bool) -> dict:
         """Score, choose and cut out units in place; return the report for ``prunekit.json``."""

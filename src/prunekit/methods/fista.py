@@ -29,7 +29,7 @@ from ..capture.paired import CORRECTIONS, PairedStatistics
 from ..errors import ArgumentError
 from ..sparsity import SparsityTarget, select_mask, zero_fraction
 from .allocation import AllocationOptions
-from .base import Method, WorkerOptions, register
+from .base import Execution, Method, WorkerOptions, register
 from .sparsegpt import sparsegpt_prune
 from .wanda import wanda_scores
 from ..parallel import check_workers
@@ -311,8 +311,11 @@ class FISTAPruner(Method):
                "additions: a Wanda warm start, a λ ladder, a least-squares re-fit on the support, and the "
                "candidate with the lowest layer-wise error (--fista-mode paper: the published algorithm alone)")
     needs = frozenset({"paired"})
-    engine = "paired"
     Options = FistaOptions
+
+    @property
+    def execution(self) -> Execution:
+        return Execution.PAIRED
 
     @classmethod
     def validate_options(cls, options):

@@ -21,7 +21,7 @@ from ..sparsity import zero_fraction
 from ..surgery.lowrank import Spectrum, factor, install, kept_rank, record_factored
 from ..errors import ArgumentError
 from ..parallel import check_workers
-from .base import Method, WorkerOptions, register
+from .base import Execution, Method, WorkerOptions, register
 
 SELECTIONS = ("all", "top-k-condition")
 
@@ -70,9 +70,10 @@ class SvdClip(Method):
                                 "hand back: use --workers 1")
 
     @property
-    def independent_layers(self) -> bool:
-        """Data-free: every matrix's clipping depends on that matrix alone."""
-        return self.options.workers > 1
+    def execution(self) -> Execution:
+        """Data-free: every matrix's clipping depends on that matrix alone, so workers take layers
+        independently; one worker walks them in order."""
+        return Execution.INDEPENDENT if self.options.workers > 1 else Execution.SEQUENTIAL
 
     def restrict(self, adapter: Adapter, layer_ids: list[int], views_for: Callable[[int], list[LinearView]]):
         """Narrow the selection to the top-k matrices by condition number when asked."""
