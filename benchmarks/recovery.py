@@ -191,7 +191,8 @@ def write_table(results: dict) -> None:
                       for d in DATASETS]
             rows.append([state, arm, *(f"{ppl[d]:.2f}" for d in DATASETS), *shares,
                          f"{zs['mean']:.3f}" if zs else "…",
-                         f"{entry['train_seconds']:.0f}" if "train_seconds" in entry else "-",
+                         (f"{entry['train_seconds']:.0f}" + ("*" if entry.get("contended") else ""))
+                         if "train_seconds" in entry else "-",
                          f"{entry['peak_rss_mb']:.0f}" if "peak_rss_mb" in entry else "-",
                          f"{entry['sparsity_after']:.4f}" if "sparsity_after" in entry else f"{entry.get('sparsity') or 0:.4f}"])
     zs_dense = zero_shot.get("dense|none")
@@ -205,13 +206,17 @@ def write_table(results: dict) -> None:
              f"by masked gradients. Perplexity on {settings.get('eval')} (WikiText-2 test, C4 validation); "
              "'recovered' = share of the perplexity lost to pruning that training won back; zero-shot = mean acc of "
              f"{', '.join(settings.get('zero_shot_tasks', []))} on the first "
-             f"{next(iter(zero_shot.values()))['limit'] if zero_shot else '?'} examples each (lm-evaluation-harness). "
+             + (f"{next(iter(zero_shot.values()))['limit']} examples each (lm-evaluation-harness). " if zero_shot else
+                "examples of each task, not yet measured (`--parts zeroshot`). ") +
              "Peak RSS is the unit's own process (teacher included) at the end of training.", "",
              "Command: `python benchmarks/recovery.py` (writes this file from `recovery.json`).", "",
              f"Dense: WikiText-2 {dense['ppl']['wikitext2']:.2f}, C4 {dense['ppl']['c4']:.2f}"
              + (f", zero-shot mean {zs_dense['mean']:.3f}" if zs_dense else "") + ".", "",
              markdown_table(["state", "recovery", "WikiText-2", "C4", "recovered WT2", "recovered C4",
                              "zero-shot mean", "train s", "peak RSS MB", "sparsity"], rows)]
+    if any(u.get("contended") for u in units.values()):
+        lines += ["\\* measured while other work shared the two cores (tests, a CI run): the time and peak RSS of "
+                  "these units are not clean and are to be measured again; perplexity is unaffected.", ""]
     verdicts = []
     for state in STATES:
         lora, kd = units.get(f"{state}|lora"), [units.get(f"{state}|kd-lora"), units.get(f"{state}|kd-full")]
