@@ -412,13 +412,14 @@ def _reject_unused_calibration_flags(args, step: Step, method_cls, options, targ
 def _check_allocation_file(args, step: Step, options) -> None:
     """An ``--allocation`` file with the wrong number of layers fails on the config, before any load."""
     from .methods.allocation import check_allocation_layers
+    from .models.adapters.generic import config_layer_count
     from .models.loading import peek_config
     from .selection import parse_layers
 
     if getattr(options, "allocation", "uniform") in ("uniform", "owl"):
         return
     config = peek_config(args.model, args.gguf_file)
-    count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    count = config_layer_count(config)
     if count:
         check_allocation_layers(options, parse_layers(step.layers, count))
 

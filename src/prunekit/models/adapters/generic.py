@@ -17,6 +17,11 @@ from .base import Adapter, LinearView
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 
+def config_layer_count(config) -> int | None:
+    """The number of decoder layers a config declares, whichever field its family names it by."""
+    return next((getattr(config, key) for key in LAYER_COUNT_KEYS if isinstance(getattr(config, key, None), int)), None)
+
+
 class GenericAdapter(Adapter):
     family = "generic"
     prunable = False
@@ -27,7 +32,7 @@ class GenericAdapter(Adapter):
         self.layers_path = self._find_layers_path()
 
     def _find_layers_path(self) -> str:
-        count = next((getattr(self.config, key) for key in LAYER_COUNT_KEYS if isinstance(getattr(self.config, key, None), int)), None)
+        count = config_layer_count(self.config)
         for name, module in self.model.named_modules():
             if isinstance(module, nn.ModuleList) and count is not None and len(module) == count and name:
                 return name
