@@ -78,29 +78,71 @@ class LayerContext:
 
 @dataclass
 class _Inputs:
+    """Calibration inputs of one decoder layer: hidden states and the arguments the model passes.
+
+    ``extra_args``/``kwargs`` are the arguments of the layer these inputs are *for*; ``per_layer``
+    holds every layer's own, because they differ by layer in many families (Gemma-2/3, Cohere-2,
+    OLMo-3, GPT-Neo, Qwen-2 with sliding windows pass a sliding-window mask and — Gemma-3 — local
+    rotary embeddings to some layers, the full causal mask and global rotary to the others).
+    :meth:`at` gives the inputs as layer ``index`` must be called with.
+    """
+
     hidden: torch.Tensor  # (nsamples, seqlen, hidden) in the model's dtype
     extra_args: dict[int, tuple]  # positional args after hidden_states, per batch size
     kwargs: dict[int, dict[str, Any]]  # keyword args as the model passes them, per batch size
+    per_layer: list[tuple[dict[int, tuple], dict[int, dict[str, Any]]]] | None = None
+
+    def at(self, index: int) -> "_Inputs":
+        """These hidden states with the arguments decoder layer ``index`` receives (only those)."""
+        if not self.per_layer:
+            return self
+        extra_args, kwargs = self.per_layer[index]
+        return _Inputs(self.hidden, extra_args, kwargs)  # one layer's: what a worker process is sent
+
+    def with_hidden(self, hidden: torch.Tensor) -> "_Inputs":
+        return _Inputs(hidden, self.extra_args, self.kwargs, self.per_layer)
 
 
 def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size: int, progress: bool) -> _Inputs:
+    """The first decoder layer's hidden states on ``calib_ids`` and every layer's own arguments.
+
+    Each layer's ``forward`` is replaced for the pass by a stand-in that records its arguments and
+    hands its input on unchanged, so no decoder layer computes (a streamed model's layers need not
+    be in memory). The first batch of each size runs through every stand-in to catch each
+    layer's arguments; later batches stop at the first layer once its hidden states are caught.
+    """
     model = loaded.model
-    layer0 = loaded.adapter.decoder_layers()[0]
+    layers = loaded.adapter.decoder_layers()
+    count = loaded.adapter.num_layers()
     device = loaded.device
     nsamples, seqlen = calib_ids.shape
     hidden = torch.empty(nsamples, seqlen, loaded.adapter.hidden_size, dtype=next(model.parameters()).dtype, device=device)
-    extra_args: dict[int, tuple] = {}
-    kwargs: dict[int, dict[str, Any]] = {}
-    state = {"start": 0}
+    per_layer: list[tuple[dict[int, tuple], dict[int, dict[str, Any]]]] = [({}, {}) for _ in range(count)]
+    complete: set[int] = set()
+    state = {"start": 0, "size": 0}
 
-    def catch(_module, args, kw):
-        size = args[0].shape[0]
-        hidden[state["start"] : state["start"] + size] = args[0]
-        extra_args.setdefault(size, tuple(args[1:]))
-        kwargs.setdefault(size, dict(kw))
-        raise _StopForward
+    def stand_in(index: int) -> Callable:
+        def forward(*args, **kw):
+            if not args:  # hidden states passed by name
+                args = (kw.pop("hidden_states"),)
+            if index == 0:
+                state["size"] = args[0].shape[0]
+                hidden[state["start"] : state["start"] + state["size"]] = args[0]
+                if state["size"] in complete:
+                    raise _StopForward
+            extra_args, kwargs = per_layer[index]
+            extra_args.setdefault(state["size"], tuple(args[1:]))
+            kwargs.setdefault(state["size"], dict(kw))
+            if index == count - 1:
+                complete.add(state["size"])
+                raise _StopForward
+            return args[0]
 
-    handle = layer0.register_forward_pre_hook(catch, with_kwargs=True)
+        return forward
+
+    own_forwards = [layer.__dict__.get("forward") for layer in layers[:count]]
+    for index, layer in enumerate(layers[:count]):
+        layer.forward = stand_in(index)
     try:
         with torch.inference_mode():
             for start in tqdm(range(0, nsamples, batch_size), desc="embed calibration", disable=not progress, leave=False):
@@ -110,8 +152,14 @@ def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size
                 except _StopForward:
                     pass
     finally:
-        handle.remove()
-    return _Inputs(hidden, extra_args, kwargs)
+        for layer, own in zip(layers[:count], own_forwards):
+            if own is None:
+                del layer.forward
+            else:
+                layer.forward = own
+    if len(complete) == 0 or any(size not in per_layer[-1][1] for size in per_layer[0][1]):
+        raise RuntimeError("the model's forward did not reach every decoder layer on the calibration batch")
+    return _Inputs(hidden, *per_layer[0], per_layer=per_layer)
 
 
 class LayerResidency(Protocol):
@@ -155,10 +203,10 @@ def dense_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, index: int,
     diagnostic or a test needs to build one real layer's statistics without a pruning pass."""
     inputs = _first_layer_inputs(loaded, calib_ids, batch_size, False)
     out = torch.empty_like(inputs.hidden)
-    for layer in loaded.adapter.decoder_layers()[:index]:
-        _run_layer(layer, inputs, out, batch_size)
+    for position, layer in enumerate(loaded.adapter.decoder_layers()[:index]):
+        _run_layer(layer, inputs.at(position), out, batch_size)
         inputs.hidden, out = out, inputs.hidden
-    return inputs
+    return inputs.at(index)
 
 
 def layerwise(
@@ -221,7 +269,7 @@ def layerwise(
                 began = time.perf_counter()
                 with collect_statistics(subset, needs, stats_dtype, stop_layer=layer) as fresh:
                     if needs and subset:
-                        _run_layer(layer, inputs, None, batch_size)
+                        _run_layer(layer, inputs.at(index), None, batch_size)
                 for entry in fresh.values():
                     entry.check_finite(f"layer {index}")
                 ctx.stats.update(fresh)
@@ -229,7 +277,8 @@ def layerwise(
                 return fresh
 
             ctx = LayerContext(index, layer, views, {}, recollect, adapter,
-                               lambda layer=layer: _run_layer(layer, inputs, None, batch_size), clock)
+                               lambda layer=layer, index=index: _run_layer(layer, inputs.at(index), None, batch_size),
+                               clock)
             if collect_upfront:
                 recollect(views)
             began, nested_before = time.perf_counter(), clock.nested()
@@ -237,7 +286,7 @@ def layerwise(
             # re-collections (true-sequential methods) and the error report run inside on_layer
             clock.add("solve", time.perf_counter() - began - (clock.nested() - nested_before))
         if index < last:
-            clock.timed("propagate", _run_layer, layer, inputs, outputs, batch_size)
+            clock.timed("propagate", _run_layer, layer, inputs.at(index), outputs, batch_size)
             inputs.hidden, outputs = outputs, inputs.hidden
         residency.after(index)
         if index in selected:

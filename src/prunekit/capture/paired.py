@@ -144,7 +144,7 @@ def paired_layerwise(
         raise ValueError("intra+inter feeds each layer the pruned model's states: its layers cannot run in parallel")
     adapter = loaded.adapter
     dense = _first_layer_inputs(loaded, calib_ids, batch_size, progress)
-    star = _Inputs(dense.hidden.clone(), dense.extra_args, dense.kwargs) if correction == "intra+inter" else None
+    star = dense.with_hidden(dense.hidden.clone()) if correction == "intra+inter" else None
     dense_out = torch.empty_like(dense.hidden)
     star_out = torch.empty_like(dense.hidden) if star is not None else None
     selected = sorted(set(layers))
@@ -155,23 +155,24 @@ def paired_layerwise(
             layer = adapter.decoder_layers()[index]
             started = time.perf_counter()
             if index in selected and jobs.parallel:
-                job = _Inputs(dense.hidden.clone(), dense.extra_args, dense.kwargs)
+                job = dense.at(index).with_hidden(dense.hidden.clone())
                 jobs.submit(index, started, _worker_job, copy.deepcopy(layer), view_specs(views_for(index)), prune_view,
                             job, correction, batch_size)
                 if index < last:  # the layer here is still dense: it gives the next layer's dense inputs
-                    _run_layer(layer, dense, dense_out, batch_size)
+                    _run_layer(layer, dense.at(index), dense_out, batch_size)
                     dense.hidden, dense_out = dense_out, dense.hidden
                 continue
             dense_layer = layer
             if index in selected:
                 dense_layer = copy.deepcopy(layer)
-                reports = prune_layer_paired(layer, views_for(index), prune_view, dense, star, correction, batch_size,
+                reports = prune_layer_paired(layer, views_for(index), prune_view, dense.at(index),
+                                             star.at(index) if star is not None else None, correction, batch_size,
                                              dense_layer)
             if index < last:
-                _run_layer(dense_layer, dense, dense_out, batch_size)
+                _run_layer(dense_layer, dense.at(index), dense_out, batch_size)
                 dense.hidden, dense_out = dense_out, dense.hidden
                 if star is not None:
-                    _run_layer(layer, star, star_out, batch_size)
+                    _run_layer(layer, star.at(index), star_out, batch_size)
                     star.hidden, star_out = star_out, star.hidden
             if index in selected:
                 jobs.finish(index, started, {}, reports)

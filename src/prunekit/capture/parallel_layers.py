@@ -73,7 +73,7 @@ def parallel_layerwise(
             started = time.perf_counter()
             views = views_for(index) if index in selected else []
             with collect_statistics(views, method.needs, method.stats_dtype) as stats:
-                _run_layer(layer, inputs, outputs if index < last else None, batch_size)
+                _run_layer(layer, inputs.at(index), outputs if index < last else None, batch_size)
             for entry in stats.values():
                 entry.check_finite(f"layer {index}")
             if index < last:
