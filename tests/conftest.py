@@ -41,15 +41,17 @@ def tiny_config(family: str):
     if family == "gpt_neo":
         return tf.GPTNeoConfig(hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
                                window_size=16, max_position_embeddings=256, intermediate_size=128, **common)
-    if family in UNADAPTED_FAMILIES:  # model types prunekit has no adapter for (evaluation only)
+    if family == "mamba":  # a state-space model: evaluated, never pruned
+        return tf.MambaConfig(hidden_size=64, num_hidden_layers=2, state_size=8, **common)
+    if family in UNADAPTED_FAMILIES:  # model types without a family adapter (the structural fallback serves them)
         cls = getattr(tf, UNADAPTED_FAMILIES[family])
-        extra = {"head_dim": 16} if family == "gemma3_text" else {}
+        extra = {}
         return cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=256, **extra, **common)
     raise ValueError(family)
 
 
-UNADAPTED_FAMILIES = {"olmo2": "Olmo2Config", "gemma3_text": "Gemma3TextConfig"}
+UNADAPTED_FAMILIES = {"olmo2": "Olmo2Config", "stablelm": "StableLmConfig"}
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "opt", "gpt_neox", "gpt2", "gpt_neo")
 
 

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import logging
+
 import torch
 
 from .data import calibration_windows, evaluation_windows, resolve_data_root
@@ -22,7 +24,7 @@ from .errors import ArgumentError, UnsupportedArchitectureError
 from .eval.perplexity import perplexity
 from .io import peak_rss_mb, save_model, versions
 from .io.shapes import has_per_layer_shapes, sync_config_shapes
-from .models.adapters import supported_model_types
+from .models.adapters import supported_model_types, unprunable_reason
 from .methods.allocation import allocate, check_allocation_layers, check_allocation_target, uses_allocation
 from .methods.allocation import needs_calibration as needs_allocation_data
 from .methods.base import Execution
@@ -33,6 +35,8 @@ from .recovery import KdSettings, LoraSettings, recover_kd, recover_lora
 from .selection import parse_layers, parse_modules, parse_roles, view_selector
 from .sparsity import check_nm, parse_pattern, validate_nm_width, zero_fraction
 from .parallel import check_workers
+
+log = logging.getLogger(__name__)
 
 MAX_DEFAULT_SEQLEN = 4096
 
@@ -79,16 +83,17 @@ def prune(
     """
     step = method if isinstance(method, Step) else Step(method, sparsity, pattern, roles, layers, options)
     method_cls, parsed_options, target = step.validated()
-    if not loaded.adapter.prunable:
-        raise UnsupportedArchitectureError(
-            f"cannot prune model type '{loaded.source.get('model_type')}': prunekit has no adapter for it (adapters: "
-            f"{', '.join(supported_model_types())}); it was loaded for evaluation only")
+    require_method_support(type(loaded.adapter), method_cls, loaded.model.config, streaming=residency is not None,
+                           options=parsed_options)
+    if loaded.adapter.family == "structural" and "structure" not in loaded.source:  # what the probe found, on record
+        loaded.source["structure"] = loaded.adapter.describe()
+        log.info("structural adapter: %s", loaded.source["structure"])
     if residency is not None:
         require_streamable(method_cls, parsed_options)
     calibration = calibration or CalibrationSettings()
     calibration.validate()
     adapter = loaded.adapter
-    if method_cls.kind in ("depth", "width"):  # --layers: the layers to remove (depth) or to thin (width)
+    if method_cls.kind in ("depth", "width", "experts"):  # --layers: the layers to remove (depth) or to thin (width)
         explicit = parse_layers(step.layers, adapter.num_layers()) if step.layers is not None else None
         pruner = method_cls(target, parsed_options, explicit_layers=explicit)
     elif method_cls.kind == "lowrank":
@@ -134,7 +139,8 @@ def prune(
         width = run_width(pruner, loaded, calib_ids, progress=progress)
         timings["prune"] = round(time.perf_counter() - started - data_seconds, 3)
         return {"step": {"method": method_cls.name, "options": vars(parsed_options)}, "calibration": calib_record,
-                "width": width, "sparsity": {}, "layers": [], "timings": timings, "peak_rss_mb": peak_rss_mb()}
+                "experts" if method_cls.kind == "experts" else "width": width, "sparsity": {}, "layers": [],
+                "timings": timings, "peak_rss_mb": peak_rss_mb()}
 
     allocation = None
     if uses_allocation(parsed_options):
@@ -177,6 +183,31 @@ def prune(
         "timings": timings,
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def require_method_support(adapter_cls: type, method_cls, config: Any, streaming: bool = False,
+                           options: Any = None) -> None:
+    """Refuse, with the reason, a method the model's adapter cannot serve: any method on a recurrent
+    or hybrid model, structured width through the structural fallback (it does not know how heads
+    and channels couple), and streaming through it (its probe runs the whole model once)."""
+    model_type = getattr(config, "model_type", "?")
+    if not adapter_cls.prunable:
+        raise UnsupportedArchitectureError(f"cannot prune model type '{model_type}': "
+                                           f"{unprunable_reason(config) or 'it was loaded for evaluation only'}")
+    if method_cls.kind == "experts":
+        from .methods.expert_prune import check_expert_pruning
+
+        if options is not None:
+            check_expert_pruning(config, options.remove_fraction)
+    if method_cls.kind == "width" and not adapter_cls.width_prunable:
+        raise UnsupportedArchitectureError(
+            f"{method_cls.name} removes coupled heads and channels, which needs a family adapter; model type "
+            f"'{model_type}' has none (family adapters: {', '.join(supported_model_types())}) and is served by the "
+            "structural fallback: mask methods and depth removal only")
+    if streaming and adapter_cls.family == "structural":
+        raise UnsupportedArchitectureError(
+            f"--stream needs a family adapter: model type '{model_type}' is served by the structural fallback, "
+            "which finds its maps by running the whole model once")
 
 
 def require_streamable(method_cls, options) -> None:

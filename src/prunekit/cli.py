@@ -331,6 +331,7 @@ def cmd_prune(args) -> int:
     method_cls, parsed, target = step.validated()  # bad method/options/target fail before the model is loaded
     _reject_unused_calibration_flags(args, step, method_cls, parsed, target)
     _check_allocation_file(args, step, parsed)
+    _check_model_serves_method(args, method_cls, parsed)
     calibration = CalibrationSettings(args.calib, args.nsamples, args.seqlen, args.seed or 0, args.calib_batch_size)
     calibration.validate()
     heal = recovery_settings(args, "heal_", "kd" if args.heal == "kd" else "lm") if args.heal else None
@@ -358,6 +359,12 @@ def cmd_prune(args) -> int:
         print(f"pruned {args.model} with {step.method} ({width['importance']}, ratio {width['ratio']:.3f}): "
               f"parameters {width['params_before']:,} -> {width['params_after']:,} "
               f"({100 * width['params_removed_fraction']:.1f}% removed; config {width['config']}) -> {path}")
+    elif "experts" in result:
+        experts = result["experts"]
+        print(f"pruned {args.model} with {step.method} ({experts['criterion']}): experts per MoE layer "
+              f"{experts['experts_before']} -> {experts['experts_after']} (top-{experts['top_k']}), parameters "
+              f"{experts['params_before']:,} -> {experts['params_after']:,} "
+              f"({100 * experts['params_removed_fraction']:.1f}% removed) -> {path}")
     elif "depth" in result:
         depth = result["depth"]
         print(f"pruned {args.model} with {step.method} ({depth['metric']}): removed layers {depth['remove']} "
@@ -422,6 +429,16 @@ def _check_allocation_file(args, step: Step, options) -> None:
     count = config_layer_count(config)
     if count:
         check_allocation_layers(options, parse_layers(step.layers, count))
+
+
+def _check_model_serves_method(args, method_cls, options) -> None:
+    """The model's type can take this method (read from its config, before any conversion or load)."""
+    from .models.loading import check_config, peek_config
+
+    config = peek_config(args.model, args.gguf_file)
+    if config is not None:
+        api.require_method_support(check_config(config, str(args.model)), method_cls, config, streaming=args.stream,
+                                   options=options)
 
 
 def _prune_streaming(args, step: Step, calibration: CalibrationSettings) -> int:

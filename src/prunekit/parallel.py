@@ -78,13 +78,17 @@ def make_pool(workers: int, executor: str = "process"):
 
 def view_specs(views: list[LinearView]) -> list[tuple]:
     """What a worker needs to find a layer's linear maps again in its copy of the layer."""
-    return [(v.name, v.local_name, v.roles, v.input_group, v.transposed) for v in views]
+    return [(v.name, v.local_name, v.roles, v.input_group, v.transposed, v.parameter_name, v.expert) for v in views]
 
 
 def rebuild_views(layer: torch.nn.Module, specs: list[tuple]) -> list[LinearView]:
     """The views of ``view_specs`` on (a copy of) the decoder layer."""
-    return [LinearView(name=name, local_name=local, roles=roles, module=layer.get_submodule(local), input_group=group,
-                       transposed=transposed) for name, local, roles, group, transposed in specs]
+    views = []
+    for name, local, roles, group, transposed, parameter_name, expert in specs:
+        spec = LinearView(name=name, local_name=local, roles=roles, module=layer, input_group=group,
+                          transposed=transposed, parameter_name=parameter_name, expert=expert)
+        views.append(spec.on(layer))
+    return views
 
 
 class LayerJobs:

@@ -67,6 +67,13 @@ class Step:
                 raise ArgumentError(f"{self.method}: --layers and --layer-range both choose the layers to prune; "
                                     "give one")
             return method_cls, options, None
+        if method_cls.kind == "experts":
+            for flag, value in (("--sparsity", self.sparsity), ("--pattern", self.pattern), ("--roles", self.roles),
+                                ("--layers", self.layers)):
+                if value is not None:
+                    raise ArgumentError(f"{self.method} removes whole experts, the same number in every MoE layer: "
+                                        f"{flag} does not apply (use --remove-fraction and --criterion)")
+            return method_cls, options, None
         if method_cls.kind == "lowrank":
             for flag, value in (("--sparsity", self.sparsity), ("--pattern", self.pattern), ("--roles", self.roles)):
                 if value is not None:

@@ -6,7 +6,7 @@ import re
 from typing import Callable, Sequence
 
 from .errors import ArgumentError
-from .models.adapters.base import Adapter, LinearView
+from .models.adapters.base import ROUTER_ROLE, Adapter, LinearView
 
 
 def parse_layers(spec: str | Sequence[int] | None, total: int) -> list[int]:
@@ -48,9 +48,10 @@ def _from_end(index: int, total: int) -> int:
 
 
 def parse_roles(spec: str | Sequence[str] | None, adapter: Adapter) -> tuple[str, ...]:
+    """The roles a step prunes; ``all`` (the default) is every role but an MoE router's."""
     valid = adapter.roles()
     if spec is None or spec == "all":
-        return valid
+        return tuple(r for r in valid if r != ROUTER_ROLE)
     roles = [r.strip() for r in spec.split(",")] if isinstance(spec, str) else list(spec)
     unknown = [r for r in roles if r not in valid]
     if unknown:

@@ -43,15 +43,16 @@ class PairedStatistics:
     tokens: int
 
 
-def _capture_inputs(layer: torch.nn.Module, local_name: str, inputs: _Inputs, start: int, size: int) -> torch.Tensor:
-    """The input of ``layer.<local_name>`` on one batch, stopping the layer's forward right there."""
+def _capture_inputs(layer: torch.nn.Module, view: LinearView, inputs: _Inputs, start: int, size: int) -> torch.Tensor:
+    """The input of ``view`` (as found in ``layer``) on one batch, stopping the layer's forward right
+    there. An MoE expert no token of the batch is routed to reads nothing: zero rows."""
     caught: list[torch.Tensor] = []
 
-    def hook(_module, args):
-        caught.append(args[0].detach())
+    def hook(x):
+        caught.append(x.detach())
         raise _StopForward
 
-    handle = layer.get_submodule(local_name).register_forward_pre_hook(hook)
+    handle = view.on(layer).hook_input(hook)
     try:
         batch = inputs.hidden[start : start + size]
         with torch.inference_mode():
@@ -61,13 +62,21 @@ def _capture_inputs(layer: torch.nn.Module, local_name: str, inputs: _Inputs, st
     finally:
         handle.remove()
     if not caught:
-        raise RuntimeError(f"operator {local_name} was not reached by its layer's forward")
+        if view.expert is not None:
+            return inputs.hidden.new_zeros(0, view.in_features)
+        raise RuntimeError(f"operator {view.local_name} was not reached by its layer's forward")
     return caught[0]
 
 
 def paired_statistics(dense_layer: torch.nn.Module, layer: torch.nn.Module, view: LinearView, dense: _Inputs,
                       star: _Inputs | None, batch_size: int) -> PairedStatistics:
-    """``D, G, K`` for the input of ``view`` (``star is None``: no correction, ``X* = X``)."""
+    """``D, G, K`` for the input of ``view`` (``star is None``: no correction, ``X* = X``).
+
+    An MoE expert's rows are the tokens routed to it, and routing may differ between the dense
+    and the pruned stream, so rows of ``X`` and ``X*`` would not pair up: experts use ``X* = X``.
+    """
+    if view.expert is not None:
+        star = None
     width = view.in_features
     device = view.weight.device
     D = torch.zeros(width, width, dtype=torch.float32, device=device)
@@ -76,10 +85,10 @@ def paired_statistics(dense_layer: torch.nn.Module, layer: torch.nn.Module, view
     tokens = 0
     for start in range(0, dense.hidden.shape[0], batch_size):
         size = min(batch_size, dense.hidden.shape[0] - start)
-        x = _capture_inputs(dense_layer, view.local_name, dense, start, size).reshape(-1, width).float()
+        x = _capture_inputs(dense_layer, view, dense, start, size).reshape(-1, width).float()
         D.addmm_(x.t(), x)
         if star is not None:
-            xs = _capture_inputs(layer, view.local_name, star, start, size).reshape(-1, width).float()
+            xs = _capture_inputs(layer, view, star, start, size).reshape(-1, width).float()
             G.addmm_(xs.t(), xs)
             K.addmm_(x.t(), xs)
         tokens += x.shape[0]

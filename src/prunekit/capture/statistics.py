@@ -88,6 +88,9 @@ def collect_statistics(views: list[LinearView], needs: frozenset[str], dtype: to
                        stop_layer: torch.nn.Module | None = None):
     """Hook the first map of every input group; yields ``{input_group: InputStatistics}``.
 
+    An MoE expert's maps read only the tokens routed to it (scaled by their router weights, see
+    ``models/adapters/experts.py``); an expert no calibration token reaches keeps ``tokens == 0``.
+
     With ``stop_layer`` (the decoder layer holding ``views``), each call of that layer raises
     :class:`InputsComplete` as soon as all groups have read their input — only for a pass whose
     outputs nobody uses. A group that a call never reaches (an MoE expert without tokens) simply
@@ -112,8 +115,7 @@ def collect_statistics(views: list[LinearView], needs: frozenset[str], dtype: to
             continue
         entry = InputStatistics(width=view.in_features, dtype=dtype, needs=frozenset(needs))
         stats[view.input_group] = entry
-        handles.append(view.module.register_forward_pre_hook(
-            lambda _m, args, g=view.input_group, e=entry: record(g, e, args[0])))
+        handles.append(view.hook_input(lambda x, g=view.input_group, e=entry: record(g, e, x)))
     if stop_layer is not None and stats:
         handles.append(stop_layer.register_forward_pre_hook(lambda *_: seen.clear()))
     try:

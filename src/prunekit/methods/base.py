@@ -25,7 +25,7 @@ from ..errors import ArgumentError
 from ..parallel import check_workers
 from ..renamed import renamed_fields, upgrade_keys
 from ..models.adapters.base import LinearView
-from ..sparsity import SparsityTarget
+from ..sparsity import SparsityTarget, select_mask
 from ..surgery import apply_mask, reconstruction_error
 from .allocation import AllocationOptions, validate_allocation
 
@@ -191,6 +191,10 @@ class Method:
         batch's seconds are shared among its views by size.
         """
         reports = {}
+        unrouted = [v for v in views if v.expert is not None and getattr(ctx.stats.get(v.input_group), "tokens", 1) == 0]
+        if unrouted:
+            reports.update(self.prune_unrouted(ctx, unrouted))
+            views = [v for v in views if v not in unrouted]
         for batch in self.solve_groups(views):
             started = time.perf_counter()
             originals = {}
@@ -216,6 +220,16 @@ class Method:
                 if len(batch) > 1:
                     report["solved_with"] = [v.name for v in batch if v is not view]
                 reports[view.name] = report
+        return reports
+
+    def prune_unrouted(self, ctx: LayerContext, views: list[LinearView]) -> dict[str, dict]:
+        """MoE experts no calibration token was routed to have no statistics: they are pruned by
+        magnitude at their target (the data-free rule), and their reports say so."""
+        reports = {}
+        for view in views:
+            report = apply_mask(view, select_mask(view.weight.abs().float(), self.target_for(view)))
+            report["fallback"] = "magnitude: no calibration token was routed to this expert"
+            reports[view.name] = report
         return reports
 
     def solve_groups(self, views: list[LinearView]) -> list[list[LinearView]]:

@@ -338,6 +338,8 @@ class FISTAPruner(Method):
             raise ArgumentError("--tol must be in (0, 1) and --sparsity-tolerance in (0, 0.5)")
 
     def prune_paired(self, view, dense_weight: torch.Tensor, stats: PairedStatistics) -> dict:
+        if view.expert is not None and stats.tokens == 0:  # an expert no calibration token reaches
+            return self.prune_unrouted(None, [view])[view.name]
         started = time.perf_counter()
         new, report = solve(dense_weight, stats, self.target_for(view), self.options, where=view.name)
         view.set_weight(new)

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ModelLoadError, UnsupportedArchitectureError
 from ..io.shapes import REMOTE_FILE, needs_remote_code, remote_code_text
 from ..surgery.lowrank import adopt_factored
-from .adapters import Adapter, GenericAdapter, adapter_class_for, has_family_adapter
+from .adapters import Adapter, adapter_class_for, fallback_adapter_class, has_family_adapter, unprunable_reason
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +153,24 @@ def _find_gguf(model_dir: Path) -> str | None:
 
 
 def check_config(config: Any, where: str, require_adapter: bool = True) -> type[Adapter]:
-    """The adapter class for ``config``: a family's, or with ``require_adapter=False`` for a model
-    type without one, the role-less :class:`GenericAdapter` (evaluation needs no roles)."""
+    """The adapter class for ``config``: its family's, else the structural fallback found from the
+    model itself; for a recurrent or hybrid type the role-less evaluation adapter, which pruning
+    (``require_adapter``) refuses here — from the config, before any conversion or weight load."""
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
         raise UnsupportedArchitectureError(
             f"{where} is not a causal language model (architectures: {', '.join(archs)})"
         )
     model_type = getattr(config, "model_type", "<unknown>")
-    if not require_adapter and not has_family_adapter(model_type):
-        reason = not_decoder_only(config)
-        if reason:
-            raise UnsupportedArchitectureError(f"unsupported architecture '{model_type}': {reason}")
-        return GenericAdapter
-    return adapter_class_for(model_type)
+    if has_family_adapter(model_type):
+        return adapter_class_for(model_type)
+    reason = not_decoder_only(config)
+    if reason:
+        raise UnsupportedArchitectureError(f"unsupported architecture '{model_type}': {reason}")
+    adapter_cls = fallback_adapter_class(config)
+    if require_adapter and not adapter_cls.prunable:
+        raise UnsupportedArchitectureError(f"cannot prune model type '{model_type}': {unprunable_reason(config)}")
+    return adapter_cls
 
 
 def not_decoder_only(config: Any) -> str | None:

@@ -11,10 +11,11 @@ import torch
 from ..models.adapters.base import Adapter
 
 
-def remove_layers(adapter: Adapter, remove: list[int]) -> list[int]:
-    """Delete the layers ``remove``; return the kept original indices."""
+def remove_layers(adapter: Adapter, remove: list[int], verify: bool = True) -> list[int]:
+    """Delete the layers ``remove``; return the kept original indices (``verify``: prove first that
+    the rewritten config rebuilds the kept layers, see ``depth_config.py``)."""
     kept = [i for i in range(adapter.num_layers()) if i not in set(remove)]
-    adapter.keep_layers(kept)
+    adapter.keep_layers(kept, verify)
     return kept
 
 
@@ -25,7 +26,7 @@ def layers_removed(adapter: Adapter, remove: list[int]) -> Iterator[None]:
     config = copy.deepcopy(vars(adapter.config))
     indices = [(m, name, getattr(m, name)) for layer in layers for m in layer.modules()
                for name in ("layer_idx", "layer_id") if isinstance(getattr(m, name, None), int)]
-    remove_layers(adapter, remove)
+    remove_layers(adapter, remove, verify=False)
     try:
         yield
     finally:

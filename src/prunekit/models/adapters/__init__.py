@@ -5,15 +5,19 @@ from __future__ import annotations
 from torch import nn
 
 from ...errors import UnsupportedArchitectureError
-from .base import ALL_ROLES, Adapter, LinearView
+from .base import ALL_ROLES, ROUTER_ROLE, Adapter, LinearView
+from .cohere import CohereAdapter
+from .gemma import GemmaAdapter
 from .generic import GenericAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neo import GPTNeoAdapter
 from .gpt_neox import GPTNeoXAdapter
 from .llama import LlamaAdapter
 from .opt import OPTAdapter
+from .structural import StructuralAdapter, unprunable_reason
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter, GPTNeoAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, GemmaAdapter, CohereAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter,
+                                       GPTNeoAdapter)
 
 
 def supported_model_types() -> list[str]:
@@ -34,13 +38,22 @@ def adapter_class_for(model_type: str) -> type[Adapter]:
     )
 
 
+def fallback_adapter_class(config) -> type[Adapter]:
+    """For a model type without a family file: the structural adapter, or — for recurrent and
+    hybrid models it cannot prune — the role-less one that evaluation needs."""
+    return GenericAdapter if unprunable_reason(config) else StructuralAdapter
+
+
 def adapter_for(model: nn.Module, require_family: bool = True) -> Adapter:
-    """The adapter serving ``model``; for a family without one, a clear error, or (when
-    ``require_family`` is False) the role-less :class:`GenericAdapter` that evaluation needs."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None) or "<no config>"
+    """The adapter serving ``model``: its family's; for a type without one, a clear error, or (when
+    ``require_family`` is False) the structural fallback (:func:`fallback_adapter_class`)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None) or "<no config>"
     if not require_family and not has_family_adapter(model_type):
-        return GenericAdapter(model)
+        return fallback_adapter_class(config)(model)
     return adapter_class_for(model_type)(model)
 
 
-__all__ = ["ALL_ROLES", "ADAPTERS", "Adapter", "GenericAdapter", "LinearView", "adapter_for", "adapter_class_for", "has_family_adapter", "supported_model_types"]
+__all__ = ["ALL_ROLES", "ADAPTERS", "ROUTER_ROLE", "Adapter", "GenericAdapter", "LinearView", "StructuralAdapter",
+           "adapter_for", "adapter_class_for", "fallback_adapter_class", "has_family_adapter", "supported_model_types",
+           "unprunable_reason"]

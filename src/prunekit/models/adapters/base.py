@@ -9,6 +9,7 @@ structured methods can still find a head's q/k/v rows.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,6 +19,8 @@ from torch import nn
 from ...errors import ArgumentError
 
 ALL_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "fc1", "fc2")
+# a mixture-of-experts router (and a shared expert's scalar gate): never pruned unless named
+ROUTER_ROLE = "router"
 
 
 @dataclass
@@ -28,26 +31,37 @@ class LinearView:
     that so every method works on ``out×in``. ``input_group`` names the tensor the map reads:
     maps in one group see the same input (q/k/v read the attention input), so calibration
     statistics are collected once per group.
+
+    One expert's matrix inside a fused 3-D MoE parameter is a view too: ``module`` is the experts
+    module, ``parameter_name`` its ``[experts, ·, ·]`` parameter and ``expert`` the slice; its input
+    is caught by an :class:`~prunekit.models.adapters.experts.ExpertTap` (:meth:`hook_input`).
     """
 
     name: str  # qualified module name within the whole model, e.g. "model.layers.3.self_attn.q_proj"
-    local_name: str  # name within the decoder layer, e.g. "self_attn.q_proj"
+    local_name: str  # name within the decoder layer, e.g. "self_attn.q_proj" (an expert: "mlp.experts.down_proj.5")
     roles: tuple[str, ...]
     module: nn.Module
     input_group: str
     transposed: bool = False
     role_rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    parameter_name: str | None = None
+    expert: int | None = None
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        """The stored parameter (for an expert view, the whole fused ``[experts, ·, ·]`` one)."""
+        return getattr(self.module, self.parameter_name) if self.parameter_name else self.module.weight
 
     @property
     def weight(self) -> torch.Tensor:
         """The weight as ``out×in`` (a view; writes go to the module's parameter)."""
-        w = self.module.weight.data
+        w = self.module.weight.data if self.expert is None else self.parameter.data[self.expert]
         return w.t() if self.transposed else w
 
     def set_weight(self, new_weight: torch.Tensor) -> None:
         """Write an ``out×in`` weight back in the module's own layout and dtype."""
         self.require_writable("rewrite its weight")
-        target = self.module.weight.data
+        target = self.module.weight.data if self.expert is None else self.parameter.data[self.expert]
         value = new_weight.t() if self.transposed else new_weight
         if value.shape != target.shape:
             raise ValueError(f"{self.name}: weight shape {tuple(value.shape)} != {tuple(target.shape)}")
@@ -55,8 +69,24 @@ class LinearView:
 
     def require_writable(self, action: str) -> None:
         """Refuse to change a map stored as low-rank factors: its ``weight`` is a computed product."""
-        if not isinstance(self.module.weight, nn.Parameter):
+        if not isinstance(self.parameter, nn.Parameter):
             raise ArgumentError(f"{self.name} is stored as low-rank factors; a later step cannot {action}")
+
+    def hook_input(self, callback) -> Any:
+        """Call ``callback(x)`` with what this map reads on every forward; returns a removable handle."""
+        if self.expert is None:
+            return self.module.register_forward_pre_hook(lambda _m, args: callback(args[0]))
+        from .experts import ExpertTap
+
+        return ExpertTap.on(self.module).add(self.parameter, self.expert, callback)
+
+    def module_path(self) -> str:
+        """Local path of the module holding the weight (an expert view: the experts module)."""
+        return self.local_name.rsplit(".", 2)[0] if self.expert is not None else self.local_name
+
+    def on(self, layer: nn.Module) -> "LinearView":
+        """The same map in another instance (a copy) of its decoder layer."""
+        return dataclasses.replace(self, module=layer.get_submodule(self.module_path()))
 
     @property
     def out_features(self) -> int:
@@ -91,6 +121,7 @@ class Adapter:
     channel_producers: ClassVar[dict[str, tuple[str, ...]]] = {}
     depth_key: ClassVar[str] = "num_hidden_layers"  # the config field holding the number of layers
     prunable: ClassVar[bool] = True  # False for the role-less adapter that serves evaluation only
+    width_prunable: ClassVar[bool] = True  # False where the coupling of heads and channels is not known
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -191,14 +222,23 @@ class Adapter:
         return None
 
     # ---- depth --------------------------------------------------------------------------
-    def keep_layers(self, kept: list[int]) -> None:
+    def keep_layers(self, kept: list[int], verify: bool = True) -> None:
         """Keep only the decoder layers ``kept`` (in order): renumber them and rewrite the config.
 
-        Layers carry their index for the attention cache (``layer_idx``/``layer_id``); per-layer
-        config lists (``layer_types``) keep the entries of the kept layers.
+        Layers carry their index for the attention cache (``layer_idx``/``layer_id``); every per-layer
+        config field follows the kept layers (``surgery/depth_config.py``), and with ``verify`` the
+        new config is proven to rebuild exactly the kept layers before anything changes (a
+        temporary removal, undone afterwards, skips that proof).
         """
-        old = self.num_layers()
+        from ...surgery.depth_config import config_after_cut, cut_fields
+
         layers = self.decoder_layers()
+        family = self.depth_updates(kept)
+        if verify:
+            updates = config_after_cut(self.model, self.config, list(layers), kept, self.depth_key, self.layers_path,
+                                       family)
+        else:
+            updates = {**cut_fields(self.config, kept, len(layers), self.depth_key), **family}
         new = type(layers)([layers[i] for i in kept])
         parent_path, _, attr = self.layers_path.rpartition(".")
         setattr(self.model.get_submodule(parent_path), attr, new)
@@ -207,10 +247,13 @@ class Adapter:
                 for name in ("layer_idx", "layer_id"):
                     if isinstance(getattr(module, name, None), int):
                         setattr(module, name, new_index)
-        for key, value in list(vars(self.config).items()):
-            if isinstance(value, list) and len(value) == old and key != self.depth_key:
-                setattr(self.config, key, [value[i] for i in kept])
-        setattr(self.config, self.depth_key, len(kept))
+        for key, value in updates.items():
+            setattr(self.config, key, value)
+
+    def depth_updates(self, kept: list[int]) -> dict[str, Any]:
+        """Config fields a family encodes per layer in its own way (beyond lists, index lists and a
+        dense prefix), for the layers ``kept``."""
+        return {}
 
     # ---- shapes -------------------------------------------------------------------------
     @property

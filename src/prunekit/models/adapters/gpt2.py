@@ -9,7 +9,7 @@ from .base import Adapter
 
 class GPT2Adapter(Adapter):
     family = "gpt2"
-    model_types = ("gpt2",)
+    model_types = ("gpt2", "gpt-sw3")  # GPT-SW3 is GPT-2 with its own tokenizer
     layers_path = "transformer.h"
     depth_key = "n_layer"
     channel_producers = {"mlp_mid": ("mlp.c_fc",)}

@@ -22,12 +22,10 @@ class GPTNeoAdapter(Adapter):
             ("mlp.c_proj", ("fc2",), "mlp_mid"),
         ]
 
-    def keep_layers(self, kept):
+    def depth_updates(self, kept):
         # GPT-Neo derives attention_layers from attention_types: rewrite both, one entry per kept layer
         kinds = [self.config.attention_layers[i] for i in kept]
-        super().keep_layers(kept)
-        self.config.attention_types = [[[kind], 1] for kind in kinds]
-        self.config.attention_layers = kinds
+        return {"attention_types": [[[kind], 1] for kind in kinds], "attention_layers": kinds}
 
     def norm_names(self):
         return ("ln_1", "ln_2")

@@ -1,4 +1,13 @@
-"""Llama-like decoders: Llama 1-3, Mistral, Qwen2/Qwen3, SmolLM, TinyLlama (grouped-query attention)."""
+"""Llama-like decoders: every family whose layers name their maps exactly as Llama does.
+
+``self_attn.{q,k,v,o}_proj`` with grouped-query attention and a gated MLP ``mlp.{gate,up,down}_proj``,
+head counts taken from the weight shapes in the forward and an explicit ``head_dim`` field: Llama
+1-3, Mistral/Ministral, Qwen2/Qwen3, SmolLM3, OLMo, Granite, InternLM3, EXAONE 3/4, ERNIE-4.5,
+Seed-OSS, HunYuan dense, HyperCLOVA X, IQuest-Coder, CWM. Each type here passed LLM-Pruner width
+pruning, save and reload to identical logits in the architecture zoo (``benchmarks/zoo.py``).
+Families that share the names but differ in what width pruning must touch have their own files
+(``gemma.py``, ``cohere.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,9 @@ from .base import Adapter
 
 class LlamaAdapter(Adapter):
     family = "llama"
-    model_types = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
+    model_types = ("llama", "mistral", "ministral", "ministral3", "qwen2", "qwen3", "smollm3", "olmo", "granite",
+                   "internlm3", "exaone", "exaone4", "ernie4_5", "seed_oss", "hunyuan_v1_dense", "hyperclovax",
+                   "iquestcoder", "cwm")
     layers_path = "model.layers"
     channel_producers = {"mlp_mid": ("mlp.gate_proj", "mlp.up_proj")}
 

@@ -1,0 +1,216 @@
+"""Expert pruning: remove the least salient experts of every mixture-of-experts layer.
+
+Each MoE layer loses the same number of experts (the config keeps one expert count, so stock
+transformers reloads the result), chosen per layer by ``criterion``:
+
+- ``reap`` (Lasby et al. 2025, REAP): the mean, over the calibration tokens routed to an expert,
+  of router weight × ‖expert output‖ — what the expert actually adds to the residual stream;
+- ``frequency``: how many calibration tokens select the expert (top-k hits);
+- ``weight``: the Frobenius norm of the expert's matrices (data-free baseline).
+
+An expert no calibration token reaches scores 0 under ``reap`` and ``frequency`` (it is removed
+first). The surgery slices every fused ``[experts, ·, ·]`` parameter of the experts module, the
+router's rows (and any per-expert bias or score-correction buffer of the MoE block), and rewrites
+the expert count in the config and in the modules that hold it; ``top_k`` must stay ≤ the experts
+left. Shared experts (dense MLPs beside the routed ones) are never touched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ArgumentError, UnsupportedArchitectureError
+from ..models.adapters.experts import ExpertTap, expert_modules, expert_parameters
+from .base import Execution, Method, register
+
+CRITERIA = ("reap", "frequency", "weight")
+EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts")
+
+
+def expert_count(config) -> int | None:
+    """Routed experts per MoE layer as the config declares them (None for a dense model)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return next((getattr(config, k) for k in EXPERT_COUNT_KEYS if isinstance(getattr(config, k, None), int)
+                 and getattr(config, k) > 1), None)
+
+
+def experts_per_token(config) -> int | None:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = next((getattr(config, k) for k in TOP_K_KEYS if isinstance(getattr(config, k, None), int)), None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def removal_count(experts: int, fraction: float) -> int:
+    return int(round(experts * fraction))
+
+
+def check_expert_pruning(config, fraction: float) -> None:
+    """Refuse, from the config alone, expert pruning of a dense model or one that would leave fewer
+    experts than each token selects."""
+    experts = expert_count(config)
+    model_type = getattr(config, "model_type", "?")
+    if experts is None:
+        raise ArgumentError(f"expert-prune needs a mixture-of-experts model; model type '{model_type}' is dense "
+                            f"(its config names no {'/'.join(EXPERT_COUNT_KEYS)})")
+    left = experts - removal_count(experts, fraction)
+    top_k = experts_per_token(config)
+    if left < 1 or (top_k is not None and left < top_k):
+        raise ArgumentError(f"--remove-fraction {fraction} leaves {left} of {experts} experts per layer, fewer than the "
+                            f"{top_k} each token is routed to (top_k); remove at most {experts - (top_k or 1)}")
+    groups = getattr(config, "n_group", None)
+    if isinstance(groups, int) and groups > 1 and left % groups:
+        raise ArgumentError(f"--remove-fraction {fraction} leaves {left} experts, not divisible into the model's "
+                            f"{groups} routing groups (n_group)")
+
+
+@dataclass
+class ExpertPruneOptions:
+    remove_fraction: float | None = field(default=None, metadata={
+        "help": "experts: fraction of each MoE layer's routed experts to remove (the same count in every layer)"})
+    criterion: str = field(default="reap", metadata={
+        "choices": CRITERIA, "help": "experts: reap (router weight x output norm), frequency (top-k hits), or "
+                                     "weight (norm of the expert's matrices, data-free)"})
+
+
+@register
+class ExpertPrune(Method):
+    name = "expert-prune"
+    summary = "remove the least salient routed experts of every MoE layer (REAP, frequency, weight norm)"
+    kind = "experts"
+    needs = frozenset({"routing"})
+    default_nsamples = 64
+    Options = ExpertPruneOptions
+
+    def __init__(self, target, options=None, explicit_layers=None):
+        super().__init__(target, options, explicit_layers)
+        if self.options.criterion == "weight":
+            self.needs = frozenset()
+
+    @property
+    def execution(self) -> Execution:
+        return Execution.WHOLE_MODEL
+
+    @classmethod
+    def validate_options(cls, options):
+        if options.remove_fraction is None:
+            raise ArgumentError("expert-prune needs --remove-fraction (the share of each layer's experts to remove)")
+        if not 0 < options.remove_fraction < 1:
+            raise ArgumentError(f"--remove-fraction must be in (0, 1) (got {options.remove_fraction})")
+
+    # ---- scoring ------------------------------------------------------------------------
+    def _blocks(self, loaded) -> list[tuple[int, str, nn.Module]]:
+        experts = expert_count(loaded.model.config)
+        blocks = [(index, path, module) for index, layer in enumerate(loaded.adapter.decoder_layers())
+                  for path, module in expert_modules(layer, experts).items()]
+        if not blocks:
+            raise UnsupportedArchitectureError(
+                f"model type '{loaded.model.config.model_type}' declares {experts} experts but no decoder layer holds "
+                "them as fused [experts, ., .] parameters")
+        return blocks
+
+    def _output_parameter(self, module: nn.Module, experts: int) -> nn.Parameter:
+        """The expert matrix whose output leaves the expert (``down_proj``; the last one otherwise)."""
+        parameters = expert_parameters(module, experts)
+        named = [p for name, p in parameters.items() if "down" in name or "output" in name or "w2" in name]
+        return named[0] if named else list(parameters.values())[-1]
+
+    def _routed_saliency(self, loaded, blocks, calib_ids, progress: bool) -> dict[tuple[int, str], torch.Tensor]:
+        """Per block: ``[experts, 2]`` sums of (router weight × ‖output‖) and routed-token counts."""
+        experts = expert_count(loaded.model.config)
+        sums = {(i, p): torch.zeros(experts, 2, dtype=torch.float64) for i, p, _ in blocks}
+        handles = []
+        for index, path, module in blocks:
+            output = self._output_parameter(module, experts)
+
+            def seen(call, acc=sums[(index, path)]):
+                if call.x.shape[0] == 0:
+                    return
+                w = call.parameter.data[call.expert]
+                out = call.x @ w if call.stored_in_by_out else call.x @ w.t()
+                acc[call.expert, 0] += float(out.float().norm(dim=-1).double().sum())
+                acc[call.expert, 1] += call.x.shape[0]
+
+            handles.append(ExpertTap.on(module).add(output, None, seen))
+        try:
+            with torch.inference_mode():
+                for start in tqdm(range(calib_ids.shape[0]), desc="expert saliency", disable=not progress, leave=False):
+                    loaded.model(input_ids=calib_ids[start : start + 1].to(loaded.device), use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return sums
+
+    def _scores(self, loaded, blocks, calib_ids, progress: bool) -> dict[tuple[int, str], torch.Tensor]:
+        experts = expert_count(loaded.model.config)
+        if self.options.criterion == "weight":
+            return {(i, p): torch.stack([sum(param.data[e].float().pow(2).sum() for param in
+                                             expert_parameters(m, experts).values()).sqrt() for e in range(experts)])
+                    for i, p, m in blocks}
+        sums = self._routed_saliency(loaded, blocks, calib_ids, progress)
+        if self.options.criterion == "frequency":
+            return {key: value[:, 1] for key, value in sums.items()}
+        return {key: value[:, 0] / value[:, 1].clamp(min=1) for key, value in sums.items()}  # REAP: a mean
+
+    # ---- surgery ------------------------------------------------------------------------
+    def prune_width(self, loaded, calib_ids, *, progress: bool) -> dict:
+        config = loaded.model.config
+        check_expert_pruning(config, self.options.remove_fraction)
+        experts = expert_count(config)
+        remove = removal_count(experts, self.options.remove_fraction)
+        blocks = self._blocks(loaded)
+        params_before = sum(p.numel() for p in loaded.model.parameters())
+        started = time.perf_counter()
+        scores = self._scores(loaded, blocks, calib_ids, progress)
+        scoring_seconds = time.perf_counter() - started
+        layers = []
+        for index, path, module in blocks:
+            score = scores[(index, path)]
+            order = torch.argsort(score.double(), stable=True)
+            removed = sorted(order[:remove].tolist())
+            kept = [e for e in range(experts) if e not in removed]
+            block_path = path.rpartition(".")[0]
+            layer = loaded.adapter.decoder_layers()[index]
+            sliced = _keep_experts(layer.get_submodule(block_path) if block_path else layer, module, kept, experts)
+            layers.append({"index": index, "module": f"{loaded.adapter.layer_prefix(index)}.{path}",
+                           "removed": removed, "scores": [round(float(s), 6) for s in score], "sliced": sliced})
+        for key in EXPERT_COUNT_KEYS:
+            text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+            if isinstance(getattr(text_config, key, None), int) and getattr(text_config, key) == experts:
+                setattr(text_config, key, experts - remove)
+        params_after = sum(p.numel() for p in loaded.model.parameters())
+        return {"criterion": self.options.criterion, "experts_before": experts, "experts_after": experts - remove,
+                "top_k": experts_per_token(config), "params_before": params_before, "params_after": params_after,
+                "params_removed_fraction": 1 - params_after / params_before, "layers": layers,
+                "seconds": {"scoring": round(scoring_seconds, 3), "total": round(time.perf_counter() - started, 3)}}
+
+
+@torch.no_grad()
+def _keep_experts(block: nn.Module, experts_module: nn.Module, kept: list[int], experts: int) -> list[str]:
+    """Keep experts ``kept`` in the MoE ``block``: every parameter or buffer with one entry per expert
+    along its first axis (fused expert matrices, router rows, per-expert biases), ``nn.Linear``
+    routers' ``out_features`` and every integer attribute holding the expert count."""
+    index = torch.tensor(kept, dtype=torch.long)
+    sliced = []
+    for name, module in block.named_modules():
+        if name.split(".")[0].startswith("shared_expert"):
+            continue  # shared experts are dense MLPs beside the routed ones
+        for pname, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            if tensor.dim() >= 1 and tensor.shape[0] == experts:
+                new = tensor.data.index_select(0, index.to(tensor.device)).clone()
+                if isinstance(tensor, nn.Parameter):
+                    setattr(module, pname, nn.Parameter(new, requires_grad=tensor.requires_grad))
+                else:
+                    module.register_buffer(pname, new, persistent=pname not in module._non_persistent_buffers_set)
+                sliced.append(f"{name}.{pname}" if name else pname)
+        if isinstance(module, nn.Linear) and module.out_features == experts:
+            module.out_features = len(kept)
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, int) and not isinstance(value, bool) and value == experts and "expert" in attr:
+                setattr(module, attr, len(kept))
+    return sliced
