@@ -1,7 +1,7 @@
 """Every ``prunekit`` command in the README's code blocks runs as written, on a tiny model.
 
 A command is taken as the README prints it: continuation lines joined, the trailing comment and
-the ``[optional]`` parts dropped, ``DIR`` the tiny model, ``OUT`` (and ``OUT-lora``, ``OUT-50``…)
+the ``[optional]`` parts dropped, ``DIR`` the tiny model, ``MOE_DIR`` a tiny mixture-of-experts one, ``OUT`` (and ``OUT-lora``, ``OUT-50``…)
 folders that the commands share in README order, so ``check --model OUT`` reads what the prune
 above it wrote. Only sizes change, so that the whole README runs in a minute: long loops
 (``--steps 100``) are cut short and, where the command has the flag, calibration, evaluation
@@ -22,7 +22,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SIZES = {"--steps": "2", "--heal-steps": "2"}  # README value -> the test's, where a command sets one
 FISTA_SIZES = ["--fista-iterations", "3", "--fista-final-iterations", "3", "--bisection-steps", "4",
                "--refit-iterations", "3", "--lambda-ladder", "0"]
-CALIBRATED = ("wanda", "sparsegpt", "fista", "shortgpt", "llm-pruner", "spp")
+CALIBRATED = ("wanda", "sparsegpt", "fista", "shortgpt", "llm-pruner", "spp", "expert-prune")
 CAPS = {  # command -> flags added when the command has the named trigger
     "prune": [("--method", CALIBRATED, ["--nsamples", "4", "--seqlen", "64"]),
               ("--method", ("spp",), ["--lbi-iterations", "40"]),
@@ -87,7 +87,18 @@ def deep_tiny_model(tmp_path_factory, tokenizer) -> Path:
     return path
 
 
-def test_every_readme_command_runs_as_written(deep_tiny_model, data_root, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def tiny_moe_model(tmp_path_factory, tokenizer) -> Path:
+    from prunekit.models.tiny import tiny_model
+
+    path = tmp_path_factory.mktemp("readme-moe")
+    tiny_model("qwen3_moe").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_every_readme_command_runs_as_written(deep_tiny_model, tiny_moe_model, data_root, tmp_path, monkeypatch,
+                                              capsys):
     text = README.read_text()
     commands = readme_commands(text)
     assert len(commands) >= 25 and any(c.startswith("prunekit run recipe.yaml") for c in commands)
@@ -98,7 +109,8 @@ def test_every_readme_command_runs_as_written(deep_tiny_model, data_root, tmp_pa
     for command in commands:
         argv = command.split()[1:]
         outs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out" and argv[i + 1].startswith("OUT")]
-        argv = [str(deep_tiny_model) if a == "DIR" else str(tmp_path / a) if re.fullmatch(r"OUT(-\w+)?", a) else a
+        models = {"DIR": str(deep_tiny_model), "MOE_DIR": str(tiny_moe_model)}
+        argv = [models[a] if a in models else str(tmp_path / a) if re.fullmatch(r"OUT(-\w+)?", a) else a
                 for a in argv]
         for out in outs:  # a command's OUT is fresh, as for a reader running this line
             shutil.rmtree(tmp_path / out, ignore_errors=True)

@@ -25,27 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ArgumentError, UnsupportedArchitectureError
-from ..models.adapters.experts import ExpertTap, expert_modules, expert_parameters
+from ..models.adapters.experts import (EXPERT_COUNT_KEYS, ExpertTap, expert_count, expert_modules, expert_parameters,
+                                       experts_per_token)
 from .base import Execution, Method, register
 
 CRITERIA = ("reap", "frequency", "weight")
-EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts")
-
-
-def expert_count(config) -> int | None:
-    """Routed experts per MoE layer as the config declares them (None for a dense model)."""
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return next((getattr(config, k) for k in EXPERT_COUNT_KEYS if isinstance(getattr(config, k, None), int)
-                 and getattr(config, k) > 1), None)
-
-
-def experts_per_token(config) -> int | None:
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    value = next((getattr(config, k) for k in TOP_K_KEYS if isinstance(getattr(config, k, None), int)), None)
-    return value if isinstance(value, int) and value > 0 else None
-
-
 def removal_count(experts: int, fraction: float) -> int:
     return int(round(experts * fraction))
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from ...errors import UnsupportedArchitectureError
 from .base import ROUTER_ROLE, LinearView
-from .experts import ExpertTap, expert_modules, expert_parameters
+from .experts import ExpertTap, expert_count, expert_modules, expert_parameters
 from .generic import LAYER_COUNT_KEYS, GenericAdapter
 
 PROBE_TOKENS = 16
@@ -217,11 +217,7 @@ class StructuralAdapter(GenericAdapter):
         return maps
 
     def _expert_count(self) -> int | None:
-        for key in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"):
-            value = getattr(self.config, key, None)
-            if isinstance(value, int) and value > 1:
-                return value
-        return None
+        return expert_count(self.config)
 
     # ---- the adapter contract ---------------------------------------------------------------
     def _specs(self, index: int) -> list[tuple[_ProbedMap, tuple[str, ...]]]:
