@@ -13,9 +13,8 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
-
 import logging
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -85,9 +84,11 @@ def prune(
     method_cls, parsed_options, target = step.validated()
     require_method_support(type(loaded.adapter), method_cls, loaded.model.config, streaming=residency is not None,
                            options=parsed_options)
-    if loaded.adapter.family == "structural" and "structure" not in loaded.source:  # what the probe found, on record
-        loaded.source["structure"] = loaded.adapter.describe()
-        log.info("structural adapter: %s", loaded.source["structure"])
+    if "structure" not in loaded.source:  # what an observed adapter found, on record
+        structure = loaded.adapter.describe()
+        if structure is not None:
+            loaded.source["structure"] = structure
+            log.info("%s adapter: %s", loaded.adapter.family, structure)
     if residency is not None:
         require_streamable(method_cls, parsed_options)
     calibration = calibration or CalibrationSettings()
@@ -204,7 +205,7 @@ def require_method_support(adapter_cls: type, method_cls, config: Any, streaming
             f"{method_cls.name} removes coupled heads and channels, which needs a family adapter; model type "
             f"'{model_type}' has none (family adapters: {', '.join(supported_model_types())}) and is served by the "
             "structural fallback: mask methods and depth removal only")
-    if streaming and adapter_cls.family == "structural":
+    if streaming and not adapter_cls.streamable:
         raise UnsupportedArchitectureError(
             f"--stream needs a family adapter: model type '{model_type}' is served by the structural fallback, "
             "which finds its maps by running the whole model once")

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from .models.adapters.experts import expert_count
 from .models.tiny import causal_lm_types, sub_configs, tiny_config, tiny_model
 
 CAPABILITIES = ("ppl", "magnitude 50%", "wanda 50%", "sparsegpt 50%", "sparsegpt 2:4", "shortgpt -1",
@@ -98,45 +99,68 @@ def _check_mask(lm, record: dict, pattern: str | None) -> None:
         raise AssertionError("no matrix was pruned")
 
 
-def run_capability(model_type: str, capability: str, tokenizer, data_root: str | Path) -> str | None:
-    """Run one capability on a fresh tiny ``model_type``; None when it passed its checks, else why not."""
-    from . import api
-    from .errors import PrunekitError
-    from .recipe import CalibrationSettings
+class _Verdict(Exception):
+    """A capability's one-line result that is not a failure trace (n/a, a bad value): returned as written."""
 
-    calibration = CalibrationSettings(**CALIBRATION)
+
+def _outcome(check: Callable[[Path], None]) -> str | None:
+    """Run ``check(tmp)`` quietly in a scratch folder: None when it holds, else its one-line reason."""
+    from .errors import PrunekitError
+
     try:
         with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
             warnings.simplefilter("ignore")
-            out = Path(tmp) / "out"
-            if capability == "stream wanda 50%":
-                return _stream_matches(model_type, tokenizer, data_root, calibration, Path(tmp))
-            lm = _loaded(model_type, tokenizer)
-            if capability == "ppl":
-                ppl = api.evaluate_perplexity(lm, ["wikitext2"], seqlen=32, max_windows=2, data_root=data_root,
-                                              progress=False)["ppl"]["wikitext2"]
-                return None if ppl == ppl and ppl < float("inf") else f"perplexity {ppl}"
-            if capability == "expert-prune 50%" and _expert_count(lm) is None:
-                return "n/a (dense model)"
-            method, options = _method_options(capability, lm)
-            before = lm.adapter.num_layers()
-            record = api.prune(lm, method, progress=False, calibration=calibration, data_root=data_root, **options)
-            if method == "shortgpt" and lm.adapter.num_layers() != before - 1:
-                raise AssertionError(f"{before} -> {lm.adapter.num_layers()} layers")
-            if method == "expert-prune" and record["experts"]["experts_after"] != record["experts"]["experts_before"] // 2:
-                raise AssertionError(f"experts {record['experts']['experts_before']} -> {record['experts']['experts_after']}")
-            if "sparsity" in record and record["sparsity"].get("pruned_matrices") is not None:
-                _check_mask(lm, record, options.get("pattern"))
-            _save(lm, record, out)
-            _reload_matches(lm, out)
+            check(Path(tmp))
             return None
+    except _Verdict as verdict:
+        return str(verdict)
     except PrunekitError as exc:
         return str(exc).splitlines()[0]
     except Exception as exc:  # noqa: BLE001 - the zoo reports every failure as its one line
         return _one_line(exc)
 
 
-def _method_options(capability: str, lm) -> tuple[str, dict[str, Any]]:
+def _removes_one_layer(lm, before: int) -> None:
+    if lm.adapter.num_layers() != before - 1:
+        raise AssertionError(f"{before} -> {lm.adapter.num_layers()} layers")
+
+
+def run_capability(model_type: str, capability: str, tokenizer, data_root: str | Path) -> str | None:
+    """Run one capability on a fresh tiny ``model_type``; None when it passed its checks, else why not."""
+    from .recipe import CalibrationSettings
+
+    calibration = CalibrationSettings(**CALIBRATION)
+    if capability == "stream wanda 50%":
+        return _outcome(lambda tmp: _stream_matches(model_type, tokenizer, data_root, calibration, tmp))
+    return _outcome(lambda tmp: _capability_holds(model_type, capability, tokenizer, data_root, calibration, tmp))
+
+
+def _capability_holds(model_type: str, capability: str, tokenizer, data_root, calibration, tmp: Path) -> None:
+    from . import api
+
+    lm = _loaded(model_type, tokenizer)
+    if capability == "ppl":
+        ppl = api.evaluate_perplexity(lm, ["wikitext2"], seqlen=32, max_windows=2, data_root=data_root,
+                                      progress=False)["ppl"]["wikitext2"]
+        if not (ppl == ppl and ppl < float("inf")):
+            raise _Verdict(f"perplexity {ppl}")
+        return
+    if capability == "expert-prune 50%" and expert_count(lm.model.config) is None:
+        raise _Verdict("n/a (dense model)")
+    method, options = _method_options(capability)
+    before = lm.adapter.num_layers()
+    record = api.prune(lm, method, progress=False, calibration=calibration, data_root=data_root, **options)
+    if method == "shortgpt":
+        _removes_one_layer(lm, before)
+    if method == "expert-prune" and record["experts"]["experts_after"] != record["experts"]["experts_before"] // 2:
+        raise AssertionError(f"experts {record['experts']['experts_before']} -> {record['experts']['experts_after']}")
+    if "sparsity" in record and record["sparsity"].get("pruned_matrices") is not None:
+        _check_mask(lm, record, options.get("pattern"))
+    _save(lm, record, tmp / "out")
+    _reload_matches(lm, tmp / "out")
+
+
+def _method_options(capability: str) -> tuple[str, dict[str, Any]]:
     name, _, amount = capability.partition(" ")
     if name == "shortgpt":
         return "shortgpt", {"remove_layers": 1}
@@ -149,13 +173,7 @@ def _method_options(capability: str, lm) -> tuple[str, dict[str, Any]]:
     return name, {"sparsity": 0.5}
 
 
-def _expert_count(lm) -> int | None:
-    from .models.adapters.experts import expert_count
-
-    return expert_count(lm.model.config)
-
-
-def _stream_matches(model_type: str, tokenizer, data_root, calibration, tmp: Path) -> str | None:
+def _stream_matches(model_type: str, tokenizer, data_root, calibration, tmp: Path) -> None:
     """Streamed Wanda 50% gives the same checkpoint as in-memory Wanda 50% (same logits)."""
     from . import api
 
@@ -168,34 +186,26 @@ def _stream_matches(model_type: str, tokenizer, data_root, calibration, tmp: Pat
     record = api.prune(lm, "wanda", sparsity=0.5, progress=False, calibration=calibration, data_root=data_root)
     _check_mask(lm, record, None)
     _reload_matches(lm, out)
-    return None
 
 
 def quick_check(model_type: str, tokenizer, data_root: str | Path) -> str | None:
     """The default test run's check of one type: Wanda 50% on a little calibration data, then the
     middle layer removed, then one save and reload — None when all of it holds, else why not."""
     from . import api
-    from .errors import PrunekitError
     from .recipe import CalibrationSettings
 
-    try:
-        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
-            warnings.simplefilter("ignore")
-            lm = _loaded(model_type, tokenizer)
-            mask = api.prune(lm, "wanda", sparsity=0.5, progress=False, data_root=data_root,
-                             calibration=CalibrationSettings(corpus="c4", nsamples=2, seqlen=16))
-            _check_mask(lm, mask, None)
-            before = lm.adapter.num_layers()
-            depth = api.prune(lm, "shortgpt", layers=[1], progress=False)
-            if lm.adapter.num_layers() != before - 1:
-                raise AssertionError(f"{before} -> {lm.adapter.num_layers()} layers")
-            api.save(lm, Path(tmp), record=api.build_record(lm, [mask, depth]), overwrite=True, report=False)
-            _reload_matches(lm, Path(tmp))
-            return None
-    except PrunekitError as exc:
-        return str(exc).splitlines()[0]
-    except Exception as exc:  # noqa: BLE001 - one line per failure
-        return _one_line(exc)
+    def check(tmp: Path) -> None:
+        lm = _loaded(model_type, tokenizer)
+        mask = api.prune(lm, "wanda", sparsity=0.5, progress=False, data_root=data_root,
+                         calibration=CalibrationSettings(corpus="c4", nsamples=2, seqlen=16))
+        _check_mask(lm, mask, None)
+        before = lm.adapter.num_layers()
+        depth = api.prune(lm, "shortgpt", layers=[1], progress=False)
+        _removes_one_layer(lm, before)
+        api.save(lm, tmp, record=api.build_record(lm, [mask, depth]), overwrite=True, report=False)
+        _reload_matches(lm, tmp)
+
+    return _outcome(check)
 
 
 def zoo_types() -> list[str]:

@@ -113,7 +113,7 @@ def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size
     """
     model = loaded.model
     layers = loaded.adapter.decoder_layers()
-    count = loaded.adapter.num_layers()
+    count = len(layers)
     device = loaded.device
     nsamples, seqlen = calib_ids.shape
     hidden = torch.empty(nsamples, seqlen, loaded.adapter.hidden_size, dtype=next(model.parameters()).dtype, device=device)
@@ -140,8 +140,8 @@ def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size
 
         return forward
 
-    own_forwards = [layer.__dict__.get("forward") for layer in layers[:count]]
-    for index, layer in enumerate(layers[:count]):
+    own_forwards = [layer.__dict__.get("forward") for layer in layers]
+    for index, layer in enumerate(layers):
         layer.forward = stand_in(index)
     try:
         with torch.inference_mode():
@@ -152,7 +152,7 @@ def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size
                 except _StopForward:
                     pass
     finally:
-        for layer, own in zip(layers[:count], own_forwards):
+        for layer, own in zip(layers, own_forwards):
             if own is None:
                 del layer.forward
             else:

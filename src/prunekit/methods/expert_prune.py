@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..errors import ArgumentError, UnsupportedArchitectureError
 from ..models.adapters.experts import (EXPERT_COUNT_KEYS, ExpertTap, expert_count, expert_modules, expert_parameters,
                                        experts_per_token)
+from ..models.adapters.generic import text_config
 from .base import Execution, Method, register
 
 CRITERIA = ("reap", "frequency", "weight")
@@ -160,13 +161,13 @@ class ExpertPrune(Method):
             kept = [e for e in range(experts) if e not in removed]
             block_path = path.rpartition(".")[0]
             layer = loaded.adapter.decoder_layers()[index]
-            sliced = _keep_experts(layer.get_submodule(block_path) if block_path else layer, module, kept, experts)
+            sliced = _keep_experts(layer.get_submodule(block_path) if block_path else layer, kept, experts)
             layers.append({"index": index, "module": f"{loaded.adapter.layer_prefix(index)}.{path}",
                            "removed": removed, "scores": [round(float(s), 6) for s in score], "sliced": sliced})
+        decoder_config = text_config(config)
         for key in EXPERT_COUNT_KEYS:
-            text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-            if isinstance(getattr(text_config, key, None), int) and getattr(text_config, key) == experts:
-                setattr(text_config, key, experts - remove)
+            if isinstance(getattr(decoder_config, key, None), int) and getattr(decoder_config, key) == experts:
+                setattr(decoder_config, key, experts - remove)
         params_after = sum(p.numel() for p in loaded.model.parameters())
         return {"criterion": self.options.criterion, "experts_before": experts, "experts_after": experts - remove,
                 "top_k": experts_per_token(config), "params_before": params_before, "params_after": params_after,
@@ -175,7 +176,7 @@ class ExpertPrune(Method):
 
 
 @torch.no_grad()
-def _keep_experts(block: nn.Module, experts_module: nn.Module, kept: list[int], experts: int) -> list[str]:
+def _keep_experts(block: nn.Module, kept: list[int], experts: int) -> list[str]:
     """Keep experts ``kept`` in the MoE ``block``: every parameter or buffer with one entry per expert
     along its first axis (fused expert matrices, router rows, per-expert biases), ``nn.Linear``
     routers' ``out_features`` and every integer attribute holding the expert count."""

@@ -76,11 +76,11 @@ def _first_mismatch(skeleton: list[nn.Module], layers: list[nn.Module]) -> int |
     return None
 
 
-def _as_index_list(config: Any, kept_layers: list[nn.Module], skeleton_dense: list[bool]) -> dict[str, Any] | None:
+def _as_index_list(config: Any, kept_layers: list[nn.Module]) -> dict[str, Any] | None:
     """A period that the cut broke, rewritten as the family's explicit list of dense layers."""
     if not hasattr(config, "mlp_only_layers") or not any(hasattr(config, k) for k in PERIOD_KEYS):
         return None
-    dense = [i for i, is_dense in enumerate(skeleton_dense) if is_dense]
+    dense = [i for i, layer in enumerate(kept_layers) if _is_dense(layer)]
     return {**{k: 1 for k in PERIOD_KEYS if hasattr(config, k)}, "mlp_only_layers": dense}
 
 
@@ -100,7 +100,7 @@ def config_after_cut(model: nn.Module, config: Any, layers: list[nn.Module], kep
         return updates  # the model is not what its config builds (custom code, factored maps): not checkable
     kept_layers = [layers[i] for i in kept]
     attempts = [updates]
-    fallback = _as_index_list(config, kept_layers, [_is_dense(layer) for layer in kept_layers])
+    fallback = _as_index_list(config, kept_layers)
     if fallback is not None:
         attempts.append({**updates, **fallback})
     skeleton = None

@@ -52,16 +52,20 @@ class LinearView:
         """The stored parameter (for an expert view, the whole fused ``[experts, ·, ·]`` one)."""
         return getattr(self.module, self.parameter_name) if self.parameter_name else self.module.weight
 
+    def _stored(self) -> torch.Tensor:
+        """The weight as the module stores it (an expert view: its slice of the fused parameter)."""
+        return self.module.weight.data if self.expert is None else self.parameter.data[self.expert]
+
     @property
     def weight(self) -> torch.Tensor:
         """The weight as ``out×in`` (a view; writes go to the module's parameter)."""
-        w = self.module.weight.data if self.expert is None else self.parameter.data[self.expert]
+        w = self._stored()
         return w.t() if self.transposed else w
 
     def set_weight(self, new_weight: torch.Tensor) -> None:
         """Write an ``out×in`` weight back in the module's own layout and dtype."""
         self.require_writable("rewrite its weight")
-        target = self.module.weight.data if self.expert is None else self.parameter.data[self.expert]
+        target = self._stored()
         value = new_weight.t() if self.transposed else new_weight
         if value.shape != target.shape:
             raise ValueError(f"{self.name}: weight shape {tuple(value.shape)} != {tuple(target.shape)}")
@@ -122,6 +126,7 @@ class Adapter:
     depth_key: ClassVar[str] = "num_hidden_layers"  # the config field holding the number of layers
     prunable: ClassVar[bool] = True  # False for the role-less adapter that serves evaluation only
     width_prunable: ClassVar[bool] = True  # False where the coupling of heads and channels is not known
+    streamable: ClassVar[bool] = True  # False where finding the maps needs the whole model in memory
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -184,6 +189,11 @@ class Adapter:
     def role_rows(self, local_name: str, module: nn.Module) -> dict[str, torch.Tensor]:
         """Rows of each role inside a fused projection; empty for single-role maps."""
         return {}
+
+    def describe(self) -> dict | None:
+        """What an adapter found by observing the model, for ``prunekit.json``; None for a family
+        adapter, whose structure is its source code."""
+        return None
 
     def norm_names(self) -> tuple[str, ...]:
         """Local names of the normalisation modules in a layer."""

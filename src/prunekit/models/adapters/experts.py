@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .generic import text_config
+
 _MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm}
 _BATCHED = {torch.bmm, torch.Tensor.bmm}
 _LINEAR = {torch.nn.functional.linear}
@@ -37,20 +39,16 @@ EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "mo
 TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts")
 
 
-def _text(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def expert_count(config) -> int | None:
     """Routed experts per MoE layer as the config declares them (None for a dense model)."""
-    config = _text(config)
+    config = text_config(config)
     return next((getattr(config, k) for k in EXPERT_COUNT_KEYS if isinstance(getattr(config, k, None), int)
                  and getattr(config, k) > 1), None)
 
 
 def experts_per_token(config) -> int | None:
     """How many experts each token is routed to (top-k), where the config says."""
-    config = _text(config)
+    config = text_config(config)
     value = next((getattr(config, k) for k in TOP_K_KEYS if isinstance(getattr(config, k, None), int)), None)
     return value if isinstance(value, int) and value > 0 else None
 

@@ -17,6 +17,11 @@ from .base import Adapter, LinearView
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 
+def text_config(config):
+    """The decoder's own config (a composite model's text part; the config itself otherwise)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def config_layer_count(config) -> int | None:
     """The number of decoder layers a config declares, whichever field its family names it by."""
     return next((getattr(config, key) for key in LAYER_COUNT_KEYS if isinstance(getattr(config, key, None), int)), None)
@@ -28,7 +33,7 @@ class GenericAdapter(Adapter):
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        self.config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.config = text_config(model.config)
         self.layers_path = self._find_layers_path()
 
     def _find_layers_path(self) -> str:

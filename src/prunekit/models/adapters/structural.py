@@ -68,8 +68,18 @@ _ATTENTION_OUTPUT = re.compile(r"(o_proj|out_proj|c_proj|dense|wo|out_lin|o)")
 _MLP_OUTPUT = re.compile(r"(c_proj|dense|wo|out_proj)")
 
 
+def _is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2 style): a linear map stored in×out."""
+    return type(module).__name__ == "Conv1D"
+
+
 def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+def _experts_path(local_name: str) -> str:
+    """``mlp.experts.down_proj.5`` -> ``mlp.experts``: the module holding an expert's fused parameter."""
+    return local_name.rsplit(".", 2)[0]
 
 
 def infer_roles(local_name: str, out_features: int, experts: int | None) -> tuple[str, ...]:
@@ -103,6 +113,7 @@ class _ProbedMap:
     local_name: str
     group: str
     reached: bool
+    roles: tuple[str, ...]
     parameter_name: str | None = None  # an expert's slice of a fused [experts, ·, ·] parameter
     expert: int | None = None
     transposed: bool = False
@@ -114,6 +125,7 @@ class StructuralAdapter(GenericAdapter):
     family = "structural"
     prunable = True
     width_prunable = False
+    streamable = False  # the probe runs the whole model
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -127,7 +139,7 @@ class StructuralAdapter(GenericAdapter):
         if self._probed is not None:
             return self._probed
         layers = self.decoder_layers()
-        experts = self._expert_count()
+        experts = expert_count(self.config)
         calls: list[list[tuple[str, torch.Tensor]]] = [[] for _ in layers]
         orientation: dict[str, bool] = {}  # "path.parameter" -> stored in×out
         handles = []
@@ -189,14 +201,19 @@ class StructuralAdapter(GenericAdapter):
                     placed.add(path)
                     maps.extend(self._expert_maps(path, fused[path], group_of, orientation))
                 continue
-            maps.append(_ProbedMap(name, group_of[name], True))
+            maps.append(_ProbedMap(name, group_of[name], True, self._linear_roles(layer, name, experts)))
         for path, parameters in fused.items():
             if path not in placed:
                 maps.extend(self._expert_maps(path, parameters, group_of, orientation))
         for name, module in layer.named_modules():
             if _is_linear(module) and name not in group_of:
-                maps.append(_ProbedMap(name, f"unreached:{name}", False))
+                maps.append(_ProbedMap(name, f"unreached:{name}", False, self._linear_roles(layer, name, experts)))
         return maps
+
+    @staticmethod
+    def _linear_roles(layer: nn.Module, name: str, experts: int | None) -> tuple[str, ...]:
+        module = layer.get_submodule(name)
+        return infer_roles(name, module.weight.shape[1 if _is_conv1d(module) else 0], experts)
 
     def _expert_maps(self, path: str, parameters: dict[str, nn.Parameter], group_of: dict[str, str],
                      orientation: dict[str, bool]) -> list[_ProbedMap]:
@@ -207,57 +224,40 @@ class StructuralAdapter(GenericAdapter):
             group = group_of.get(f"{path}.{pname}.{seen_expert}") if seen_expert is not None else None
             shared = next((q for q in slots if group is not None and group_of.get(f"{path}.{q}.{seen_expert}") == group), None)
             slots[pname] = slots[shared] if shared is not None else len(set(slots.values()))
+        # a parameter named "weight" is named by its module (JetMoE's input_linear / output_linear)
+        roles = {p: infer_roles(p if p != "weight" else path.rsplit(".", 1)[-1], 0, None) for p in parameters}
         maps = []
         for expert in range(count):
             for pname, parameter in parameters.items():
                 key = f"{path}.{pname}"
                 in_by_out = orientation.get(key, parameter.shape[1] == self.hidden_size != parameter.shape[2])
                 maps.append(_ProbedMap(f"{key}.{expert}", f"{path}.e{expert}.in{slots[pname]}",
-                                       f"{key}.{expert}" in group_of, pname, expert, in_by_out))
+                                       f"{key}.{expert}" in group_of, roles[pname], pname, expert, in_by_out))
         return maps
 
-    def _expert_count(self) -> int | None:
-        return expert_count(self.config)
-
     # ---- the adapter contract ---------------------------------------------------------------
-    def _specs(self, index: int) -> list[tuple[_ProbedMap, tuple[str, ...]]]:
-        layer = self.decoder_layers()[index]
-        experts = self._expert_count()
-        specs = []
-        for entry in self._probe()[index]:
-            if entry.expert is not None:  # a parameter named "weight" is named by its module (JetMoE)
-                owner = entry.local_name.rsplit(".", 2)[0].rsplit(".", 1)[-1]
-                roles = infer_roles(entry.parameter_name if entry.parameter_name != "weight" else owner, 0, None)
-            else:
-                module = layer.get_submodule(entry.local_name)
-                out_features = module.weight.shape[1 if type(module).__name__ == "Conv1D" else 0]
-                roles = infer_roles(entry.local_name, out_features, experts)
-            specs.append((entry, roles))
-        return specs
-
     def linear_specs(self) -> list[tuple[str, tuple[str, ...], str]]:
-        return [(entry.local_name, roles, entry.group) for entry, roles in self._specs(0)]
+        return [(entry.local_name, entry.roles, entry.group) for entry in self._probe()[0]]
 
     def linears(self, index: int) -> list[LinearView]:
         layer = self.decoder_layers()[index]
         views = []
-        for entry, roles in self._specs(index):
+        for entry in self._probe()[index]:
             if entry.expert is not None:
-                module = layer.get_submodule(entry.local_name.rsplit(".", 2)[0])
-                transposed = entry.transposed
+                module, transposed = layer.get_submodule(_experts_path(entry.local_name)), entry.transposed
             else:
                 module = layer.get_submodule(entry.local_name)
-                transposed = type(module).__name__ == "Conv1D"
+                transposed = _is_conv1d(module)
             views.append(LinearView(name=f"{self.layer_prefix(index)}.{entry.local_name}", local_name=entry.local_name,
-                                    roles=roles, module=module, input_group=entry.group, transposed=transposed,
+                                    roles=entry.roles, module=module, input_group=entry.group, transposed=transposed,
                                     parameter_name=entry.parameter_name, expert=entry.expert))
         return views
 
     def roles(self) -> tuple[str, ...]:
         seen: list[str] = []
-        for index in range(self.num_layers()):
-            for _, roles in self._specs(index):
-                seen.extend(r for r in roles if r not in seen)
+        for layer in self._probe():
+            for entry in layer:
+                seen.extend(r for r in entry.roles if r not in seen)
         return tuple(seen)
 
     def keep_layers(self, kept: list[int], verify: bool = True) -> None:
@@ -272,14 +272,13 @@ class StructuralAdapter(GenericAdapter):
         unreached = [f"{self.layer_prefix(i)}.{e.local_name}" for i, layer in enumerate(self._probe())
                      for e in layer if not e.reached]
         first, experts = [], {}
-        for entry, roles in self._specs(0):
+        for entry in self._probe()[0]:
             if entry.expert is None:
-                first.append({"map": entry.local_name, "roles": list(roles), "input": entry.group})
+                first.append({"map": entry.local_name, "roles": list(entry.roles), "input": entry.group})
                 continue
-            path = entry.local_name.rsplit(".", 2)[0]
-            info = experts.setdefault(path, {"experts": 0, "parameters": {}})
+            info = experts.setdefault(_experts_path(entry.local_name), {"experts": 0, "parameters": {}})
             info["experts"] = max(info["experts"], entry.expert + 1)
-            info["parameters"][entry.parameter_name] = {"roles": list(roles),
+            info["parameters"][entry.parameter_name] = {"roles": list(entry.roles),
                                                         "stored": "in x out" if entry.transposed else "out x in"}
         return {"layers_path": self.layers_path, "layers": self.num_layers(), "depth_key": self.depth_key,
                 "layer0": first, "layer0_experts": experts, "roles": list(self.roles()), "unreached": unreached}
