@@ -246,8 +246,26 @@ def write_table(results: dict) -> None:
         rows = [[key.replace("|", " / "), *(f"{z['acc'][t]:.3f}" for t in ZERO_SHOT_TASKS), f"{z['mean']:.3f}",
                  f"{z['seconds']:.0f}"] for key, z in zero_shot.items()]
         lines += ["Zero-shot accuracy per task:", "",
-                  markdown_table(["model", *ZERO_SHOT_TASKS, "mean", "eval s"], rows)]
+                  markdown_table(["model", *ZERO_SHOT_TASKS, "mean", "eval s"], rows), *_zero_shot_reading(zero_shot)]
     (RESULTS / "recovery.md").write_text("\n".join(lines))
+
+
+def _zero_shot_reading(zero_shot: dict) -> list[str]:
+    """How far the zero-shot means can be trusted: the sampling error of the examples scored, and
+    per state the arms' order by mean accuracy."""
+    limit = next(iter(zero_shot.values()))["limit"]
+    one_task = (0.25 / limit) ** 0.5  # standard error of an accuracy near 0.5 on `limit` examples
+    mean_of_tasks = one_task / len(ZERO_SHOT_TASKS) ** 0.5
+    lines = [f"Sampling error: {limit} examples per task give a standard error of ±{100 * one_task:.1f} points "
+             f"on one task and ±{100 * mean_of_tasks:.1f} on the mean of {len(ZERO_SHOT_TASKS)}; two arms' means "
+             f"differ by ±{100 * mean_of_tasks * 2 ** 0.5:.1f} (one standard error) from sampling alone (less, as "
+             "every arm scores the same examples), so the order below matters more than any one gap.", ""]
+    for state in STATES:
+        means = {arm: zero_shot[f"{state}|{arm}"]["mean"] for arm in ARMS if f"{state}|{arm}" in zero_shot}
+        if len(means) > 1:
+            order = sorted(means, key=means.get, reverse=True)
+            lines.append(f"- {state}: " + " ≥ ".join(f"{arm} {100 * means[arm]:.1f}" for arm in order))
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
