@@ -24,6 +24,7 @@ from .eval.perplexity import perplexity
 from .io import peak_rss_mb, save_model, versions
 from .io.shapes import has_per_layer_shapes, sync_config_shapes
 from .models.adapters import supported_model_types, unprunable_reason
+from .models.adapters.experts import expert_count
 from .methods.allocation import allocate, check_allocation_layers, check_allocation_target, uses_allocation
 from .methods.allocation import needs_calibration as needs_allocation_data
 from .methods.base import Execution
@@ -188,11 +189,11 @@ def prune(
 
 def require_method_support(adapter_cls: type, method_cls, config: Any, streaming: bool = False,
                            options: Any = None) -> None:
-    """Refuse, with the reason, a method the model's adapter cannot serve: any method on a recurrent
-    or hybrid model, structured width through the structural fallback (it does not know how heads
+    """Refuse, with the reason, a method the model's adapter cannot serve: any method but expert
+    pruning on a recurrent or hybrid model (its MoE blocks are found without roles), structured width through the structural fallback (it does not know how heads
     and channels couple), and streaming through it (its probe runs the whole model once)."""
     model_type = getattr(config, "model_type", "?")
-    if not adapter_cls.prunable:
+    if not adapter_cls.prunable and not (method_cls.kind == "experts" and expert_count(config) is not None):
         raise UnsupportedArchitectureError(f"cannot prune model type '{model_type}': "
                                            f"{unprunable_reason(config) or 'it was loaded for evaluation only'}")
     if method_cls.kind == "experts":

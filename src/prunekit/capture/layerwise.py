@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UnsupportedArchitectureError
 from ..models.adapters.base import LinearView
 from ..models.loading import LoadedModel
 from .statistics import InputStatistics, InputsComplete, collect_statistics
@@ -125,6 +126,13 @@ def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size
         def forward(*args, **kw):
             if not args:  # hidden states passed by name
                 args = (kw.pop("hidden_states"),)
+            # (only layer 0's input is kept; what later stand-ins receive is whatever the model
+            # makes of a stand-in's return — BLOOM indexes it — so only their arguments count)
+            if index == 0 and (args[0].dim() != 3 or args[0].shape[-1] != loaded.adapter.hidden_size):
+                raise UnsupportedArchitectureError(
+                    f"decoder layer {index} takes hidden states of shape {tuple(args[0].shape)}, not "
+                    f"(batch, seq, {loaded.adapter.hidden_size}) (several residual streams: Gemma-3n's AltUp, DeepSeek-V4's hyper-connections); "
+                    "the layer walk carries one residual stream")
             if index == 0:
                 state["size"] = args[0].shape[0]
                 hidden[state["start"] : state["start"] + state["size"]] = args[0]
@@ -151,6 +159,13 @@ def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size
                     model(input_ids=calib_ids[start : start + batch_size].to(device), use_cache=False)
                 except _StopForward:
                     pass
+                except (TypeError, ValueError) as error:
+                    # a layer's stand-in hands on only its hidden states; a model whose layers pass
+                    # more to the next one (GLM-5's shared DSA top-k indices) fails between them
+                    raise UnsupportedArchitectureError(
+                        f"the model's forward fails when its decoder layers return only hidden states "
+                        f"({type(error).__name__}: {error}): its layers pass more than the residual stream "
+                        "on to the next, which the layer walk does not carry") from error
     finally:
         for layer, own in zip(layers, own_forwards):
             if own is None:

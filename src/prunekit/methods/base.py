@@ -191,7 +191,9 @@ class Method:
         batch's seconds are shared among its views by size.
         """
         reports = {}
-        unrouted = [v for v in views if v.expert is not None and getattr(ctx.stats.get(v.input_group), "tokens", 1) == 0]
+        # an expert no calibration token reached has empty statistics; a map whose module never
+        # runs as a module (its weight read by F.linear in the parent's forward) has none at all
+        unrouted = [v for v in views if self.needs and getattr(ctx.stats.get(v.input_group), "tokens", 0) == 0]
         if unrouted:
             reports.update(self.prune_unrouted(ctx, unrouted))
             views = [v for v in views if v not in unrouted]
@@ -223,12 +225,14 @@ class Method:
         return reports
 
     def prune_unrouted(self, ctx: LayerContext, views: list[LinearView]) -> dict[str, dict]:
-        """MoE experts no calibration token was routed to have no statistics: they are pruned by
-        magnitude at their target (the data-free rule), and their reports say so."""
+        """Maps without calibration statistics — MoE experts no calibration token was routed to,
+        maps whose module the forward bypasses — are pruned by magnitude at their target (the
+        data-free rule), and their reports say so."""
         reports = {}
         for view in views:
             report = apply_mask(view, select_mask(view.weight.abs().float(), self.target_for(view)))
-            report["fallback"] = "magnitude: no calibration token was routed to this expert"
+            report["fallback"] = ("magnitude: no calibration token was routed to this expert" if view.expert is not None
+                                  else "magnitude: the forward reads this map's weight without calling its module")
             reports[view.name] = report
         return reports
 

@@ -161,7 +161,8 @@ class ExpertPrune(Method):
             kept = [e for e in range(experts) if e not in removed]
             block_path = path.rpartition(".")[0]
             layer = loaded.adapter.decoder_layers()[index]
-            sliced = _keep_experts(layer.get_submodule(block_path) if block_path else layer, kept, experts)
+            sliced = _keep_experts(layer.get_submodule(block_path) if block_path else layer, kept, experts,
+                                   _scored_shared_experts(config))
             layers.append({"index": index, "module": f"{loaded.adapter.layer_prefix(index)}.{path}",
                            "removed": removed, "scores": [round(float(s), 6) for s in score], "sliced": sliced})
         decoder_config = text_config(config)
@@ -175,27 +176,49 @@ class ExpertPrune(Method):
                 "seconds": {"scoring": round(scoring_seconds, 3), "total": round(time.perf_counter() - started, 3)}}
 
 
+def _scored_shared_experts(config) -> int:
+    """Shared experts the router scores after the routed ones (Inkling's ``shared_expert_sink``:
+    its router has ``experts + shared`` rows), whose rows every cut keeps; 0 for other models."""
+    decoder_config = text_config(config)
+    shared = getattr(decoder_config, "n_shared_experts", None)
+    return int(shared) if getattr(decoder_config, "shared_expert_sink", False) and isinstance(shared, int) else 0
+
+
 @torch.no_grad()
-def _keep_experts(block: nn.Module, kept: list[int], experts: int) -> list[str]:
+def _keep_experts(block: nn.Module, kept: list[int], experts: int, scored_shared: int = 0) -> list[str]:
     """Keep experts ``kept`` in the MoE ``block``: every parameter or buffer with one entry per expert
-    along its first axis (fused expert matrices, router rows, per-expert biases), ``nn.Linear``
-    routers' ``out_features`` and every integer attribute holding the expert count."""
-    index = torch.tensor(kept, dtype=torch.long)
+    along its first axis, or after size-1 axes (fused expert matrices, router rows, per-expert
+    biases, Ernie-4.5's ``[1, experts]`` score correction), ``nn.Linear`` routers' ``out_features``
+    and every integer attribute holding the expert count. A router that also scores
+    ``scored_shared`` shared experts (rows after the routed ones) keeps those rows."""
+    sizes = {experts: kept, experts + scored_shared: kept + list(range(experts, experts + scored_shared))}
     sliced = []
     for name, module in block.named_modules():
         if name.split(".")[0].startswith("shared_expert"):
             continue  # shared experts are dense MLPs beside the routed ones
         for pname, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-            if tensor.dim() >= 1 and tensor.shape[0] == experts:
-                new = tensor.data.index_select(0, index.to(tensor.device)).clone()
+            axis = _expert_axis(tensor, sizes)
+            if axis is not None:
+                index = torch.tensor(sizes[tensor.shape[axis]], dtype=torch.long, device=tensor.device)
+                new = tensor.data.index_select(axis, index).clone()
                 if isinstance(tensor, nn.Parameter):
                     setattr(module, pname, nn.Parameter(new, requires_grad=tensor.requires_grad))
                 else:
                     module.register_buffer(pname, new, persistent=pname not in module._non_persistent_buffers_set)
                 sliced.append(f"{name}.{pname}" if name else pname)
-        if isinstance(module, nn.Linear) and module.out_features == experts:
-            module.out_features = len(kept)
+        if isinstance(module, nn.Linear) and module.out_features in sizes:
+            module.out_features = len(sizes[module.out_features])
         for attr, value in list(vars(module).items()):
-            if isinstance(value, int) and not isinstance(value, bool) and value == experts and "expert" in attr:
-                setattr(module, attr, len(kept))
+            if isinstance(value, int) and not isinstance(value, bool) and value in sizes and "expert" in attr:
+                setattr(module, attr, len(sizes[value]))
     return sliced
+
+def _expert_axis(tensor: torch.Tensor, sizes: dict[int, list[int]]) -> int | None:
+    """The axis of ``tensor`` indexed by expert: the first one of an expert-count size, if only
+    size-1 axes come before it (a router's rows, a fused ``[E, ., .]`` matrix, a ``[1, E]`` bias row)."""
+    for axis, size in enumerate(tensor.shape):
+        if size in sizes:
+            return axis
+        if size != 1:
+            return None
+    return None

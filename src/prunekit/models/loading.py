@@ -25,6 +25,7 @@ from ..errors import ModelLoadError, UnsupportedArchitectureError
 from ..io.shapes import REMOTE_FILE, needs_remote_code, remote_code_text
 from ..surgery.lowrank import adopt_factored
 from .adapters import Adapter, adapter_class_for, fallback_adapter_class, has_family_adapter, unprunable_reason
+from .adapters.experts import expert_count
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ def _find_gguf(model_dir: Path) -> str | None:
 def check_config(config: Any, where: str, require_adapter: bool = True) -> type[Adapter]:
     """The adapter class for ``config``: its family's, else the structural fallback found from the
     model itself; for a recurrent or hybrid type the role-less evaluation adapter, which pruning
-    (``require_adapter``) refuses here — from the config, before any conversion or weight load."""
+    (``require_adapter``) refuses here — from the config, before any conversion or weight load —
+    unless the model has routed experts (expert pruning needs only the layers, which it finds)."""
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
         raise UnsupportedArchitectureError(
@@ -168,7 +170,9 @@ def check_config(config: Any, where: str, require_adapter: bool = True) -> type[
     if reason:
         raise UnsupportedArchitectureError(f"unsupported architecture '{model_type}': {reason}")
     adapter_cls = fallback_adapter_class(config)
-    if require_adapter and not adapter_cls.prunable:
+    # a recurrent / hybrid MoE model still loads for pruning: its experts can be removed (the
+    # method check refuses every other method)
+    if require_adapter and not adapter_cls.prunable and expert_count(config) is None:
         raise UnsupportedArchitectureError(f"cannot prune model type '{model_type}': {unprunable_reason(config)}")
     return adapter_cls
 

@@ -38,6 +38,19 @@ TINY_OVERRIDES: dict[str, Any] = {
     # GPT-Neo's per-layer attention pattern must cover the layer count
     "attention_types": [[["global", "local", "global"], 1]],
 }
+# types whose config defaults do not shrink with the table above (each says why)
+TYPE_OVERRIDES: dict[str, dict[str, Any]] = {
+    # its default rope_parameters is empty, but the rotary embedding reads one entry per layer type
+    "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+    # layer_types defaults to None (the model indexes it), and two leading dense layers of three leave one MoE layer
+    "lfm2_moe": {"layer_types": ["conv", "full_attention", "conv"], "num_dense_layers": 1},
+    # 15 KV-sharing layers and a 262k-row per-layer embedding do not fit three layers of width 64
+    "gemma3n_text": {"num_kv_shared_layers": 0, "vocab_size_per_layer_input": TINY_VOCAB,
+                     "hidden_size_per_layer_input": 16, "layer_types": ["sliding_attention", "sliding_attention",
+                                                                        "full_attention"]},
+    # the shared transformer block is tied across its layers: at least two of the three must hold it
+    "zamba": {"layers_block_type": ["hybrid", "linear_attention", "hybrid"]},
+}
 SPECIAL_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
@@ -62,8 +75,12 @@ def tiny_config(model_type: str, **extra: Any):
         value = getattr(defaults, key, None)
         if isinstance(value, int) and value >= TINY_VOCAB:
             overrides[key] = 0
-    if _settable(defaults, "qk_rope_head_dim") and "head_dim" in overrides:  # MLA: head_dim is the rotary part
-        overrides["head_dim"] = TINY_OVERRIDES["qk_rope_head_dim"]
+    if _settable(defaults, "qk_rope_head_dim"):  # multi-head latent attention
+        if "head_dim" in overrides:  # head_dim is the rotary part
+            overrides["head_dim"] = TINY_OVERRIDES["qk_rope_head_dim"]
+        if "num_key_value_heads" in overrides:  # every head has its own key (kv_b_proj): no grouping
+            overrides["num_key_value_heads"] = TINY_OVERRIDES["num_attention_heads"]
+    overrides.update(TYPE_OVERRIDES.get(model_type, {}))
     overrides.update(extra)
     return AutoConfig.for_model(model_type, **overrides)
 

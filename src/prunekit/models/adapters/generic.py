@@ -22,9 +22,18 @@ def text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def layer_count_fields(config) -> list[tuple[str, int]]:
+    """``(field, value)`` for each layer count a config declares, stored fields before computed
+    properties (LongCat-Flash's ``num_hidden_layers`` property counts two sublayers per layer;
+    its stored ``num_layers`` is the number of decoder layers)."""
+    fields = [(key, getattr(config, key)) for key in LAYER_COUNT_KEYS if isinstance(getattr(config, key, None), int)]
+    return sorted(fields, key=lambda field: isinstance(getattr(type(config), field[0], None), property))
+
+
 def config_layer_count(config) -> int | None:
     """The number of decoder layers a config declares, whichever field its family names it by."""
-    return next((getattr(config, key) for key in LAYER_COUNT_KEYS if isinstance(getattr(config, key, None), int)), None)
+    fields = layer_count_fields(config)
+    return fields[0][1] if fields else None
 
 
 class GenericAdapter(Adapter):
@@ -34,16 +43,26 @@ class GenericAdapter(Adapter):
     def __init__(self, model: nn.Module):
         super().__init__(model)
         self.config = text_config(model.config)
-        self.layers_path = self._find_layers_path()
+        self.layers_path, self.depth_key = self._find_layers()
 
-    def _find_layers_path(self) -> str:
-        count = config_layer_count(self.config)
-        for name, module in self.model.named_modules():
-            if isinstance(module, nn.ModuleList) and count is not None and len(module) == count and name:
-                return name
-        raise UnsupportedArchitectureError(
-            f"model type '{getattr(self.model.config, 'model_type', '?')}': no module list of its {count} decoder "
-            "layers was found")
+    def _find_layers(self) -> tuple[str, str]:
+        """The decoder layers' module list and the config field counting them."""
+        lists = [(name, len(module)) for name, module in self.model.named_modules()
+                 if isinstance(module, nn.ModuleList) and name]
+        fields = layer_count_fields(self.config)
+        for key, count in fields:
+            for name, length in lists:
+                if length == count:
+                    return name, key
+        counts = " or ".join(str(count) for _, count in fields) or "?"
+        self.missing_layers = (f"model type '{getattr(self.model.config, 'model_type', '?')}': no module list of its "
+                               f"{counts} decoder layers was found")
+        return "", fields[0][0] if fields else "num_hidden_layers"
+
+    def decoder_layers(self) -> nn.ModuleList:
+        if not self.layers_path:  # evaluation needs none; what needs layers stops here, saying why
+            raise UnsupportedArchitectureError(self.missing_layers)
+        return super().decoder_layers()
 
     def linear_specs(self) -> list[tuple[str, tuple[str, ...], str]]:
         return self._specs(0)

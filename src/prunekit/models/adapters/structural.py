@@ -25,13 +25,14 @@ from torch import nn
 from ...errors import UnsupportedArchitectureError
 from .base import ROUTER_ROLE, LinearView
 from .experts import ExpertTap, expert_count, expert_modules, expert_parameters
-from .generic import LAYER_COUNT_KEYS, GenericAdapter
+from .generic import GenericAdapter
 
 PROBE_TOKENS = 16
 # layer kinds that are not attention: recurrent, state-space, convolution or linear-attention blocks
 NON_ATTENTION_LAYER_TYPES = {"linear_attention", "hybrid", "hybrid_sliding", "conv", "mamba", "recurrent"}
 STATE_SPACE_KEYS = ("state_size", "ssm_state_size", "mamba_d_state", "conv_L_cache", "rescale_every")
-RECURRENT_MODEL_TYPES = {"rwkv", "xlstm", "mamba", "mamba2", "falcon_mamba", "lfm2", "lfm2_moe"}
+# HRM cycles two small stacks many times per token (its 24 "layers" are 2 stacks x cycles)
+RECURRENT_MODEL_TYPES = {"rwkv", "xlstm", "mamba", "mamba2", "falcon_mamba", "lfm2", "lfm2_moe", "hrm_text"}
 
 
 def unprunable_reason(config) -> str | None:
@@ -93,7 +94,7 @@ def infer_roles(local_name: str, out_features: int, experts: int | None) -> tupl
     in_moe = any(p in ("experts", "moe", "block_sparse_moe", "mlp", "feed_forward", "ffn") for p in parents)
     if experts and in_moe and (out_features == experts or (out_features == 1 and "gate" in leaf)):
         return (ROUTER_ROLE,)
-    if "router" in leaf or leaf == "gating":
+    if "router" in leaf or leaf == "gating" or (experts and any("router" in p for p in parents)):
         return (ROUTER_ROLE,)
     in_attention = any("attn" in p or "attention" in p for p in parents)
     if in_attention and _ATTENTION_OUTPUT.fullmatch(leaf):
@@ -129,7 +130,7 @@ class StructuralAdapter(GenericAdapter):
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        self.depth_key = next(key for key in LAYER_COUNT_KEYS if isinstance(getattr(self.config, key, None), int))
+        self.decoder_layers()  # pruning needs the layers: a model whose layers were not found stops here
         self._probed: list[list[_ProbedMap]] | None = None
 
     # ---- the probe -------------------------------------------------------------------------
