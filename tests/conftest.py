@@ -45,13 +45,13 @@ def tiny_config(family: str):
         return tf.MambaConfig(hidden_size=64, num_hidden_layers=2, state_size=8, **common)
     if family in UNADAPTED_FAMILIES:  # model types without a family adapter (the structural fallback serves them)
         cls = getattr(tf, UNADAPTED_FAMILIES[family])
-        extra = {}
+        extra = {"head_dim": 16} if family == "helium" else {}  # (its default head_dim is 128)
         return cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=256, **extra, **common)
     raise ValueError(family)
 
 
-UNADAPTED_FAMILIES = {"olmo2": "Olmo2Config", "stablelm": "StableLmConfig"}
+UNADAPTED_FAMILIES = {"helium": "HeliumConfig", "stablelm": "StableLmConfig"}
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "opt", "gpt_neox", "gpt2", "gpt_neo")
 
 

@@ -21,10 +21,20 @@ IDS = torch.tensor([[1, 5, 9, 200, 3000, 7, 42, 11]])
 METHOD_OPTIONS = {"llm-pruner": {"importance": "element1"}, "spp": {"lbi_iterations": 20, "lbi_horizon": 200.0}}
 
 
+# families whose head removal also slices a per-head tensor beside the maps, or whose MLP has one producer
+COMPANION_FAMILIES = ("olmo2", "granite_swa", "arcee")
+
+
 def _config(name: str):
     """A tiny config by name: a family of conftest, ``qwen3`` (per-head q/k norms), ``llama-mqa``
-    (one KV head) or ``llama-mha`` (one query head per KV group)."""
+    (one KV head), ``llama-mha`` (one query head per KV group), or one of :data:`COMPANION_FAMILIES`
+    (full-width q/k norms, attention sinks, an ungated MLP) as the architecture zoo builds it."""
     import transformers as tf
+
+    if name in COMPANION_FAMILIES:
+        from prunekit.models.tiny import tiny_config as zoo_config
+
+        return zoo_config(name)
 
     if name == "qwen3":
         return tf.Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -67,7 +77,7 @@ def _save_and_reload(lm, steps, out) -> None:
 
 
 @pytest.mark.parametrize("method", list(METHOD_OPTIONS))
-@pytest.mark.parametrize("family", [*TINY_FAMILIES, "qwen3"])
+@pytest.mark.parametrize("family", [*TINY_FAMILIES, "qwen3", *COMPANION_FAMILIES])
 def test_width_output_reloads_in_every_family(model_dirs, tmp_path, family, method):
     lm = prunekit.load(model_dirs(family))
     before = sum(p.numel() for p in lm.model.parameters())
@@ -78,7 +88,7 @@ def test_width_output_reloads_in_every_family(model_dirs, tmp_path, family, meth
 
 
 @pytest.mark.parametrize("layout,grouping", [("llama-mqa", "kv"), ("llama-mqa", "query"), ("llama-mha", "kv"),
-                                             ("llama", "query")])
+                                             ("llama", "query"), ("olmo2", "query"), ("granite_swa", "query")])
 @pytest.mark.parametrize("method", list(METHOD_OPTIONS))
 def test_gqa_layouts_shrink_and_reload(model_dirs, tmp_path, layout, grouping, method):
     lm = prunekit.load(model_dirs(layout))

@@ -25,8 +25,8 @@ REMOTE_FILE = "modeling_prunekit.py"
 
 _REMOTE_CODE = '''"""Written by prunekit: rebuild the per-layer shapes of a structurally pruned checkpoint.
 
-The config's ``prunekit_shapes`` lists the shape of every decoder linear map and the attention
-attributes that follow the head count; the stock model is built, then those maps are replaced by
+The config's ``prunekit_shapes`` lists the shape of every decoder linear map, the attention
+attributes that follow the head count and the per-head tensors beside the maps; the stock model is built, then those maps are replaced by
 maps of the stored shapes before the weights are loaded. Load with
 ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``.
 """
@@ -49,6 +49,13 @@ def rebuild_pruned_shapes(model, spec):
     for path, value in spec.get("attributes", {{}}).items():
         owner, _, attr = path.rpartition(".")
         setattr(model.get_submodule(owner), attr, value)
+    for path, shape in spec.get("parameters", {{}}).items():  # per-head tensors (q/k norms, sinks)
+        owner_name, _, attr = path.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        old = getattr(owner, attr)
+        setattr(owner, attr, nn.Parameter(old.data.new_empty(shape), requires_grad=old.requires_grad))
+        if hasattr(owner, "normalized_shape"):
+            owner.normalized_shape = tuple(shape)
 
 
 def rebuild_factored(model, spec):
@@ -103,7 +110,7 @@ def sync_config_shapes(adapter: Adapter) -> str:
             del auto_map["AutoModelForCausalLM"]
             config.auto_map = auto_map or None
         return "stock"
-    linears, attributes = {}, {}
+    linears, attributes, parameters = {}, {}, {}
     for index, shape in enumerate(shapes):
         for view in adapter.linears(index):
             module = view.module
@@ -112,7 +119,14 @@ def sync_config_shapes(adapter: Adapter) -> str:
         prefix = adapter.layer_prefix(index)
         for path, value in adapter.head_attributes(shape["heads"], shape["kv_heads"]).items():
             attributes[f"{prefix}.{path}"] = value
-    setattr(config, SHAPES_KEY, {"linears": linears, "attributes": attributes})
+        layer = adapter.decoder_layers()[index]
+        for path in adapter.head_companions():
+            owner, _, name = path.rpartition(".")
+            parameters[f"{prefix}.{path}"] = list(getattr(layer.get_submodule(owner) if owner else layer, name).shape)
+    spec = {"linears": linears, "attributes": attributes}
+    if parameters:
+        spec["parameters"] = parameters
+    setattr(config, SHAPES_KEY, spec)
     require_remote_class(adapter)
     return "per-layer"
 

@@ -94,9 +94,13 @@ class ExpertPrune(Method):
         blocks = [(index, path, module) for index, layer in enumerate(loaded.adapter.decoder_layers())
                   for path, module in expert_modules(layer, experts).items()]
         if not blocks:
+            tables = any(isinstance(m, nn.Embedding) and m.num_embeddings == experts
+                         for layer in loaded.adapter.decoder_layers() for m in layer.modules())
+            why = ("its experts are rows of embedding tables addressed by pairs of product keys (Doge's CDMoE), "
+                   "so removing one would renumber the key grid" if tables else
+                   "no decoder layer holds them as fused [experts, ., .] parameters")
             raise UnsupportedArchitectureError(
-                f"model type '{loaded.model.config.model_type}' declares {experts} experts but no decoder layer holds "
-                "them as fused [experts, ., .] parameters")
+                f"model type '{loaded.model.config.model_type}' declares {experts} experts but {why}")
         return blocks
 
     def _output_parameter(self, module: nn.Module, experts: int) -> nn.Parameter:
@@ -177,11 +181,15 @@ class ExpertPrune(Method):
 
 
 def _scored_shared_experts(config) -> int:
-    """Shared experts the router scores after the routed ones (Inkling's ``shared_expert_sink``:
-    its router has ``experts + shared`` rows), whose rows every cut keeps; 0 for other models."""
+    """Experts the router scores after the routed ones, whose rows every cut keeps: Inkling's
+    ``shared_expert_sink`` (its router has ``experts + shared`` rows) and LongCat-Flash's
+    zero-compute identity experts (``zero_expert_num`` rows in the router and in ``gate_up_proj``,
+    past the routed ones); 0 for other models."""
     decoder_config = text_config(config)
     shared = getattr(decoder_config, "n_shared_experts", None)
-    return int(shared) if getattr(decoder_config, "shared_expert_sink", False) and isinstance(shared, int) else 0
+    sink = int(shared) if getattr(decoder_config, "shared_expert_sink", False) and isinstance(shared, int) else 0
+    zero_compute = getattr(decoder_config, "zero_expert_num", None)
+    return sink + (int(zero_compute) if isinstance(zero_compute, int) else 0)
 
 
 @torch.no_grad()

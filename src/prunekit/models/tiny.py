@@ -34,7 +34,8 @@ TINY_OVERRIDES: dict[str, Any] = {
     "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64, "n_shared_experts": 1,
     "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,  # group-limited routing over the 4 experts
     # vocabulary and context
-    "vocab_size": TINY_VOCAB, "max_position_embeddings": 256, "n_positions": 256,
+    "vocab_size": TINY_VOCAB, "unpadded_vocab_size": TINY_VOCAB,  # (Inkling-2 pads the embedding to it on save)
+    "max_position_embeddings": 256, "n_positions": 256,
     # GPT-Neo's per-layer attention pattern must cover the layer count
     "attention_types": [[["global", "local", "global"], 1]],
 }
@@ -48,6 +49,10 @@ TYPE_OVERRIDES: dict[str, dict[str, Any]] = {
     "gemma3n_text": {"num_kv_shared_layers": 0, "vocab_size_per_layer_input": TINY_VOCAB,
                      "hidden_size_per_layer_input": 16, "layer_types": ["sliding_attention", "sliding_attention",
                                                                         "full_attention"]},
+    # its default mlp_layer_types makes every one of three layers dense: no MoE layer to test
+    "beam": {"mlp_layer_types": ["dense", "sparse", "sparse"]},
+    # dense by default (is_moe false): its CDMoE (product-key experts as embedding rows) is the part to test
+    "doge": {"is_moe": True},
     # the shared transformer block is tied across its layers: at least two of the three must hold it
     "zamba": {"layers_block_type": ["hybrid", "linear_attention", "hybrid"]},
 }

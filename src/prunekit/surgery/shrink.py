@@ -48,6 +48,8 @@ def remove_units(adapter: Adapter, group: UnitGroup, removed: list[int]) -> dict
         key = (id(member.view.module), member.axis)
         views[id(member.view.module)] = member.view
         drop[key].append(member.index[index].reshape(-1))
+    if group.kind == "heads":
+        _slice_head_companions(adapter, group, index)
     for (module_id, axis), parts in drop.items():
         view = views[module_id]
         size = view.weight.shape[axis]
@@ -61,3 +63,32 @@ def remove_units(adapter: Adapter, group: UnitGroup, removed: list[int]) -> dict
             owner, _, attr = path.rpartition(".")
             setattr(layer.get_submodule(owner) if owner else layer, attr, value)
     return {"removed": sorted(set(removed)), "kept": group.units - len(set(removed))}
+
+
+@torch.no_grad()
+def _slice_head_companions(adapter: Adapter, group: UnitGroup, removed: torch.Tensor) -> None:
+    """Drop the entries of the adapter's per-head companion tensors that follow the removed q or k
+    rows: one entry per row (a full-width q/k norm) or one per head (attention sinks)."""
+    layer = adapter.decoder_layers()[group.layer]
+    for path, role in adapter.head_companions().items():
+        member = next((m for m in group.members if m.role == role), None)
+        if member is None:  # query-head units leave k (and its norm) whole
+            continue
+        rows = member.index[removed].reshape(-1)
+        owner, _, name = path.rpartition(".")
+        module = layer.get_submodule(owner) if owner else layer
+        tensor = getattr(module, name)
+        total = member.index.numel()  # this role's rows in the group (its map may hold others too)
+        if tensor.shape[0] == total:
+            drop = rows - member.index.min()
+        elif tensor.shape[0] * adapter.head_dim == total:
+            drop = torch.unique((rows - member.index.min()) // adapter.head_dim)
+        else:
+            raise ValueError(f"layer {group.layer}: {path} has {tensor.shape[0]} entries, not one per {role} row "
+                             f"({total}) or head ({total // adapter.head_dim})")
+        keep = torch.ones(tensor.shape[0], dtype=torch.bool)
+        keep[drop] = False
+        new = tensor.data[keep.to(tensor.device)].contiguous()
+        setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
+        if hasattr(module, "normalized_shape"):
+            module.normalized_shape = (new.shape[0],)

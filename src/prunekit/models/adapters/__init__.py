@@ -12,12 +12,15 @@ from .generic import GenericAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neo import GPTNeoAdapter
 from .gpt_neox import GPTNeoXAdapter
+from .granite_swa import GraniteSwaAdapter
 from .llama import LlamaAdapter
+from .olmo2 import Olmo2Adapter
 from .opt import OPTAdapter
 from .structural import StructuralAdapter, unprunable_reason
+from .ungated import UngatedMLPAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, GemmaAdapter, CohereAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter,
-                                       GPTNeoAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, GemmaAdapter, CohereAdapter, Olmo2Adapter, UngatedMLPAdapter,
+                                       GraniteSwaAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter, GPTNeoAdapter)
 
 
 def supported_model_types() -> list[str]:

@@ -221,6 +221,12 @@ class Adapter:
         return {"heads": q_member.index.numel() // self.head_dim, "kv_heads": heads.units,
                 "channels": groups["channels"].units}
 
+    def head_companions(self) -> dict[str, str]:
+        """Per-head tensors beside the q/k/v maps (dotted local path -> the role whose rows they
+        follow): OLMo-2's full-width ``q_norm``/``k_norm`` weights (one entry per q or k row), GPT-OSS-style
+        attention ``sinks`` (one entry per query head). Removing heads slices them alike."""
+        return {}
+
     def head_attributes(self, heads: int, kv_heads: int) -> dict[str, int]:
         """Attributes of a layer's attention module (dotted local path -> value) that must follow
         its head count after heads are removed; empty where the forward derives them from shapes."""
