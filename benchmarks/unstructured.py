@@ -35,7 +35,10 @@ def _hwm_mb() -> float:
     return float("nan")
 
 
-def run_state(model_dir: str, method: str, target: str, nsamples: int, calib_seqlen: int, datasets: list[str]) -> dict:
+def run_state(model_dir: str, method: str, target: str, nsamples: int, calib_seqlen: int, datasets: list[str],
+              calib_seed: int = 0, extra_options: dict | None = None, max_windows: int | None = None) -> dict:
+    """Prune one state and evaluate it; ``calib_seed``/``extra_options`` let ``reproduce.py`` measure
+    how far the figure moves under changes that should not matter (other windows, solver precision)."""
     import prunekit
     from prunekit.recipe import CalibrationSettings
 
@@ -43,17 +46,19 @@ def run_state(model_dir: str, method: str, target: str, nsamples: int, calib_seq
     out: dict = {"method": method, "target": target}
     if method != "dense":
         registered, options = VARIANTS.get(method, (method, {}))
+        options = {**options, **(extra_options or {})}
         Path("/proc/self/clear_refs").write_text("5")
         started = time.perf_counter()
         # the table's mean recon error column needs the opt-in report (and its Gram matrices)
-        record = prunekit.prune(lm, registered, calibration=CalibrationSettings(nsamples=nsamples, seqlen=calib_seqlen),
+        record = prunekit.prune(lm, registered, calibration=CalibrationSettings(nsamples=nsamples, seqlen=calib_seqlen,
+                                                                               seed=calib_seed),
                                 progress=False, report_error=True, **TARGETS[target], **options)
         out.update({"prune_seconds": round(time.perf_counter() - started, 1), "prune_peak_rss_mb": round(_hwm_mb(), 1),
                     "sparsity": record["sparsity"]["overall"], "calibration": record["calibration"],
                     "mean_recon_error": _mean_error(record)})
         check = prunekit.check_sparsity(lm, ["2:4"])
         out["nm_valid"] = check["nm"]["2:4"]["valid"]
-    evaluation = prunekit.evaluate_perplexity(lm, datasets, progress=False)
+    evaluation = prunekit.evaluate_perplexity(lm, datasets, progress=False, max_windows=max_windows)
     out["ppl"] = evaluation["ppl"]
     out["eval"] = {d: {k: evaluation["eval"][d][k] for k in ("windows", "seqlen", "seconds")} for d in datasets}
     return out
