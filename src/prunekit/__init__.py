@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from .api import (  # noqa: E402
-    build_record, check_sparsity, default_seqlen, evaluate_icl, evaluate_perplexity, evaluate_zero_shot, load, materialize, prune, recover, save, search_svd,
+    build_record, check_sparsity, default_seqlen, evaluate_icl, evaluate_perplexity, evaluate_zero_shot, export_gguf, load, materialize, measure_llamacpp, prune, recover, save, search_svd,
     spectra,
 )
 from .errors import PrunekitError  # noqa: E402
@@ -14,6 +14,6 @@ from .sparsity import SparsityTarget  # noqa: E402
 __all__ = [
     "CalibrationSettings", "LoraSettings", "PrunekitError", "SparsityTarget", "Step", "build_record", "check_sparsity",
     "default_seqlen", "evaluate_icl", "evaluate_perplexity",
-    "evaluate_zero_shot", "load", "materialize", "prune", "recover", "save", "search_svd", "spectra",
+    "evaluate_zero_shot", "export_gguf", "load", "materialize", "measure_llamacpp", "prune", "recover", "save", "search_svd", "spectra",
     "__version__",
 ]

@@ -516,3 +516,20 @@ def search_svd(loaded: LoadedModel, task: str, *, shots: int | None = None, modu
     result["selection"] = {"modules": modules, "layers": layer_ids, "matrices": [v.name for v in views],
                            "select": select, "top_k": top_k if select != "all" else None}
     return result
+
+
+def measure_llamacpp(model: str | os.PathLike, **kwargs) -> dict:
+    """``prunekit bench --engine llama.cpp``: GGUF file size, load time, prompt and generation
+    tokens/s in llama.cpp (timed in turns with ``baseline``), and perplexity from llama.cpp's logits
+    on prunekit's windows beside prunekit's perplexity of the source checkpoint. See
+    :func:`prunekit.eval.llamacpp.bench` for the keyword arguments."""
+    from .eval.llamacpp import bench
+
+    return bench(model, **kwargs)
+
+
+def export_gguf(model: str | os.PathLike, out: str | os.PathLike, outtype: str = "f16", **kwargs) -> dict:
+    """``prunekit export --format gguf``: see :func:`prunekit.export.export_gguf`."""
+    from .export import export_gguf as export
+
+    return export(model, out, outtype, **kwargs)

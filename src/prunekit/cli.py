@@ -25,6 +25,7 @@ from .methods import available_methods
 from .methods.allocation import needs_calibration as needs_allocation_data
 from .recipe import CalibrationSettings, RecipeStep, Step
 from .runner import run_step
+from .cli_export import add_export_parser, add_round_trip_args, cmd_export, finish_round_trip, plan_round_trip
 from .cli_recovery import OBJECTIVES, add_recovery_args, recovery_settings
 
 
@@ -185,6 +186,7 @@ def build_parser(method: str | None = None, heal: bool = False) -> argparse.Argu
                      "loss, or kd (distillation from the dense model); sparsity kept; its --heal-* flags: "
                      "`prunekit prune --heal kd --help`")
     add_recovery_args(prune, "heal-", shown=heal)
+    add_round_trip_args(out)
     _add_eval_args(prune, "--eval")
 
     materialize = sub.add_parser("materialize", help="cut an SPP solution path at a sparsity: a smaller model, no new search")
@@ -272,6 +274,17 @@ def build_parser(method: str | None = None, heal: bool = False) -> argparse.Argu
     bench.add_argument("--sparse-kernels", action="store_true", help="CUDA only: also time the model with its 2:4 "
                        "weights on PyTorch's semi-structured sparse kernels (fp16/bf16)")
     bench.add_argument("--json", help="write the report to this JSON file")
+    engine = bench.add_argument_group("llama.cpp engine (--engine llama.cpp: --model/--baseline are .gguf files)")
+    engine.add_argument("--engine", default="torch", choices=("torch", "llama.cpp"),
+                        help="torch: the HF checkpoint in PyTorch; llama.cpp: GGUF files in llama.cpp (llama-cpp-python)")
+    engine.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
+    engine.add_argument("--ppl", type=_csv, default=[], metavar="DATASETS",
+                        help="also perplexity from llama.cpp's logits on prunekit's windows of these corpora")
+    engine.add_argument("--seqlen", type=int, default=2048, help="window length for --ppl (default 2048)")
+    engine.add_argument("--max-windows", type=int, metavar="K", help="only the first K windows for --ppl")
+    engine.add_argument("--source", metavar="DIR", help="the HF checkpoint --model was exported from: its tokenizer "
+                        "makes the windows and its prunekit perplexity is reported beside llama.cpp's")
+    engine.add_argument("--baseline-source", metavar="DIR", help="the HF checkpoint --baseline was exported from")
 
     run = sub.add_parser("run", help="run a YAML recipe: steps (methods, LoRA, eval) in order, resumable")
     run.add_argument("recipe", help="recipe file (YAML: model?, calibration?, steps: [{method: ..., ...}])")
@@ -289,11 +302,13 @@ def build_parser(method: str | None = None, heal: bool = False) -> argparse.Argu
     report.add_argument("run_dir", help="a folder written by `prunekit prune` (holds prunekit.json)")
     report.add_argument("--eval", dest="eval_json", help="`prunekit eval --json` output of the pruned model")
     report.add_argument("--baseline-eval", help="`prunekit eval --json` output of the dense model, for comparison")
-    report.add_argument("--bench", help="`prunekit bench --json` output (cost table)")
+    report.add_argument("--bench", help="`prunekit bench --json` output (cost table; from --engine llama.cpp: the llama.cpp section)")
     report.add_argument("--analysis", action="append", default=[], help="a folder from `prunekit analyze --out` "
                         "(BI, spectra); repeatable")
     report.add_argument("--out", help="output folder (default RUN_DIR/report; written atomically)")
     report.add_argument("--overwrite", action="store_true")
+
+    add_export_parser(sub)
 
     sub.add_parser("tasks", help="list the few-shot ICL tasks and their templates")
     sub.add_parser("methods", help="list the registered methods and their options")
@@ -337,8 +352,12 @@ def cmd_prune(args) -> int:
     heal = recovery_settings(args, "heal_", "kd" if args.heal == "kd" else "lm") if args.heal else None
     _validate_eval_args(args)
     check_output_path(args.out, args.overwrite)
+    round_trip = plan_round_trip(args)  # the GGUF type and llama.cpp checked before any pruning
 
     if args.stream:
+        if round_trip:
+            raise ArgumentError("--export-gguf runs after an in-memory prune; with --stream, run `prunekit export` "
+                                "on the output")
         return _prune_streaming(args, step, calibration)
     # the flags are a one- or two-step recipe, run by the same step runner as `prunekit run`
     items = [RecipeStep(0, step.method, step=step, calibration=calibration)]
@@ -379,6 +398,7 @@ def cmd_prune(args) -> int:
         print(f"pruned {args.model} with {step.method} ({result['step'].get('pattern') or result['step'].get('sparsity')}):"
               f" {_sparsity_summary(result['sparsity'])} -> {path}")
     _print_ppl(evaluation)
+    finish_round_trip(args, round_trip, path)
     return 0
 
 
@@ -714,6 +734,13 @@ def cmd_tasks(_args) -> int:
 def cmd_bench(args) -> int:
     from .eval.cost import CostSettings
 
+    if args.engine == "llama.cpp":
+        return _bench_llamacpp(args)
+    llama_only = [flag for flag, value in (("--threads", args.threads), ("--ppl", args.ppl), ("--source", args.source),
+                                           ("--baseline-source", args.baseline_source)) if value]
+    if llama_only:
+        raise ArgumentError(f"{', '.join(llama_only)} only apply with --engine llama.cpp")
+
     settings = CostSettings(args.prompt_len, args.batch, args.new_tokens, args.repeats, args.sparse_kernels).validate()
     report = api.measure_cost(args.model, baseline=args.baseline, settings=settings, gguf_file=args.gguf_file,
                               dtype=args.dtype, device=args.device)
@@ -721,6 +748,40 @@ def cmd_bench(args) -> int:
     if args.json:
         write_json(Path(args.json), report)
     return 0
+
+
+def _bench_llamacpp(args) -> int:
+    if args.batch != 4 or args.sparse_kernels or args.gguf_file:
+        raise ArgumentError("--batch, --sparse-kernels and --gguf-file apply to --engine torch; with llama.cpp give "
+                            "the .gguf files as --model/--baseline")
+    if args.repeats < 1 or args.prompt_len < 1 or args.new_tokens < 1:
+        raise ArgumentError("--repeats, --prompt-len and --new-tokens must be at least 1")
+    report = api.measure_llamacpp(args.model, baseline=args.baseline, source=args.source,
+                                  baseline_source=args.baseline_source, datasets=args.ppl, seqlen=args.seqlen,
+                                  max_windows=args.max_windows, data_root=args.data_root, prompt_len=args.prompt_len,
+                                  new_tokens=args.new_tokens, repeats=args.repeats, threads=args.threads,
+                                  progress=not args.no_progress)
+    _print_llamacpp(report)
+    if args.json:
+        write_json(Path(args.json), report)
+    return 0
+
+
+def _print_llamacpp(report: dict) -> None:
+    speed = report["speed"]
+    print(f"llama.cpp (llama-cpp-python {report['llama_cpp_python']}), {report['threads']} threads, medians of "
+          f"{speed['model']['repeats']} runs in turns")
+    labels = list(speed)
+    print(f"{'':<24}" + "".join(f"{label:>14}" for label in labels) + ("       ratio" if "ratios" in report else ""))
+    ratio_keys = {"file_mb": "file_mb", "prompt_tok_s": "prompt_speedup", "gen_tok_s": "gen_speedup"}
+    for title, key, fmt in (("file MB", "file_mb", "{:.1f}"), ("load s", "load_s", "{:.3f}"),
+                            ("prompt tokens/s", "prompt_tok_s", "{:.1f}"), ("generation tokens/s", "gen_tok_s", "{:.1f}")):
+        ratio = report.get("ratios", {}).get(ratio_keys.get(key, ""), None)
+        print(f"{title:<24}" + "".join(f"{fmt.format(speed[label][key]):>14}" for label in labels)
+              + (f"{'x' + format(ratio, '.3f'):>12}" if ratio is not None else ""))
+    for name, entry in report.get("perplexity", {}).items():
+        cells = ", ".join(f"{key.replace('_', ' ')} {value:.2f}" for key, value in entry.items() if key.endswith(("_llamacpp", "_prunekit")))
+        print(f"perplexity {name} ({entry['windows']} x {entry['seqlen']}): {cells}")
 
 
 def cmd_run(args) -> int:
@@ -787,7 +848,8 @@ def _print_cost(report: dict) -> None:
         print(f"note: {note}")
 
 
-COMMANDS = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "search-svd": cmd_search_svd, "tasks": cmd_tasks, "analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods, "materialize": cmd_materialize}
+COMMANDS = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "search-svd": cmd_search_svd, "tasks": cmd_tasks, "analyze": cmd_analyze, "prune": cmd_prune, "recover": cmd_recover, "eval": cmd_eval, "check": cmd_check, "methods": cmd_methods, "materialize": cmd_materialize,
+            "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -110,7 +110,7 @@ def build_sections(record: dict, run_dir: Path, figures: Path, *, evaluation: di
     sections += _analyses(list(analyses), figures)
     sections += _quality(record, evaluation, baseline)
     if cost:
-        sections.append(_cost(cost))
+        sections.append(_llamacpp(cost) if cost.get("engine") == "llama.cpp" else _cost(cost))
     sections.append(_timings(record))
     return sections
 
@@ -319,6 +319,26 @@ def _cost(cost: dict) -> Section:
         f"{settings.get('batch')} prompts × {settings.get('prompt_len')} tokens, {settings.get('new_tokens')} decoded "
         f"tokens, median of {settings.get('repeats')} after a warm-up, on {model.get('device')}.")
     return section.items(cost["notes"]) if cost.get("notes") else section
+
+
+def _llamacpp(bench: dict) -> Section:
+    """The "llama.cpp" section, from ``prunekit bench --engine llama.cpp --json``."""
+    speed, ratios = bench["speed"], bench.get("ratios", {})
+    model, base = speed["model"], speed.get("baseline") or {}
+    labels = {"file_mb": ("GGUF file MB", "file_mb"), "load_s": ("load s", None),
+              "prompt_tok_s": ("prompt tokens/s", "prompt_speedup"), "gen_tok_s": ("generation tokens/s", "gen_speedup")}
+    rows = [[label, model.get(key), base.get(key), ratios.get(ratio) if ratio else None]
+            for key, (label, ratio) in labels.items()]
+    for name, entry in bench.get("perplexity", {}).items():
+        rows.append([f"{name} perplexity, llama.cpp ({entry['windows']} × {entry['seqlen']})",
+                     entry.get("model_llamacpp"), entry.get("baseline_llamacpp"), None])
+        if "model_prunekit" in entry or "baseline_prunekit" in entry:
+            rows.append([f"{name} perplexity, prunekit on the HF checkpoint", entry.get("model_prunekit"),
+                         entry.get("baseline_prunekit"), None])
+    return Section("llama.cpp").table(["quantity", "pruned", "dense", "ratio"], rows).text(
+        f"llama-cpp-python {bench.get('llama_cpp_python')}, {bench.get('threads')} threads; prompt "
+        f"{model.get('prompt_len')} tokens, {model.get('new_tokens')} generated; medians of {model.get('repeats')} runs, "
+        "pruned and dense timed in turns. Zeros of a masked model are stored and multiplied like any weight in GGUF.")
 
 
 def _timings(record: dict) -> Section:

@@ -124,3 +124,21 @@ def adopt_factored(model: nn.Module) -> int:
         if type(module) is nn.Sequential:
             module.__class__ = FactoredLinear
     return len(entries)
+
+
+def densify_factored(model: nn.Module) -> int:
+    """Replace every factored map by one ``nn.Linear`` holding the product (for targets that have no
+    factored layer, e.g. GGUF); returns how many were replaced and drops the config's note of them."""
+    entries = getattr(model.config, FACTORED_KEY, None) or {}
+    for name in entries:
+        module = model.get_submodule(name)
+        first, second = module[0], module[1]
+        dense = nn.Linear(first.in_features, second.out_features, bias=second.bias is not None)
+        with torch.no_grad():
+            dense.weight.copy_(second.weight.float() @ first.weight.float())
+            if second.bias is not None:
+                dense.bias.copy_(second.bias)
+        install(model, name, dense.to(device=first.weight.device, dtype=first.weight.dtype))
+    if entries:
+        delattr(model.config, FACTORED_KEY)
+    return len(entries)
