@@ -15,6 +15,11 @@ RESULTS = REPO / "benchmarks" / "results"
 SHARED_MODELS = {"smollm2-135m": SHARED / "models" / "smollm2-135m-instruct"}
 
 
+def slug(name: str) -> str:
+    """A state's name as a file name ("shortgpt -8 layers" -> "shortgpt__8_layers")."""
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
 def load_results(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -56,3 +61,23 @@ def copy_model(lm):
 
     model = copy.deepcopy(lm.model)
     return LoadedModel(model, lm.tokenizer, adapter_for(model), dict(lm.source))
+
+
+def prune_and_save(method: str, options: dict, out: Path):
+    """Prune the shared SmolLM2 with ``method`` and save it to ``out`` with its record (a
+    ``calibration`` option may be a ``(corpus, nsamples, seqlen)`` tuple); ``(lm, record, seconds)``."""
+    import time
+
+    import prunekit
+    from prunekit.recipe import CalibrationSettings
+
+    options = dict(options)
+    if isinstance(options.get("calibration"), tuple):
+        corpus, n, length = options["calibration"]
+        options["calibration"] = CalibrationSettings(corpus=corpus, nsamples=n, seqlen=length, seed=0)
+    lm = prunekit.load(SHARED_MODELS["smollm2-135m"])
+    started = time.perf_counter()
+    record = prunekit.prune(lm, method, progress=False, **options)
+    seconds = time.perf_counter() - started
+    prunekit.save(lm, out, record=prunekit.build_record(lm, [record]), overwrite=True, report=False)
+    return lm, record, seconds

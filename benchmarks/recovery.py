@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, SHARED_MODELS, load_results, markdown_table, store_results
+from common import REPO, RESULTS, SHARED_MODELS, load_results, markdown_table, prune_and_save, slug, store_results
 
 JSON = RESULTS / "recovery.json"
 WORK = REPO / "benchmarks" / "out" / "recovery"
@@ -45,12 +45,8 @@ STATES = {
 ARMS = ("none", "lora", "kd-lora", "kd-full")
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
-
 def model_dir(state: str, arm: str) -> Path:
-    return SHARED_MODELS["smollm2-135m"] if state == "dense" else WORK / f"{_slug(state)}__{arm}"
+    return SHARED_MODELS["smollm2-135m"] if state == "dense" else WORK / f"{slug(state)}__{arm}"
 
 
 def _settings(arm: str, steps: int, batch_size: int, seqlen: int, full_lr: float):
@@ -72,21 +68,8 @@ def _perplexity(lm, eval_windows: int) -> dict:
 
 def _prune_and_save(state: str):
     """Prune the dense model to ``state`` and save it (with its record: the teacher's lineage)."""
-    import prunekit
-    from prunekit.recipe import CalibrationSettings
-
     method, options = STATES[state]
-    options = dict(options)
-    if "calibration" in options:
-        corpus, n, length = options["calibration"]
-        options["calibration"] = CalibrationSettings(corpus=corpus, nsamples=n, seqlen=length, seed=0)
-    lm = prunekit.load(SHARED_MODELS["smollm2-135m"])
-    started = time.perf_counter()
-    record = prunekit.prune(lm, method, progress=False, **options)
-    seconds = time.perf_counter() - started
-    prunekit.save(lm, model_dir(state, "none"), record=prunekit.build_record(lm, [record]), overwrite=True,
-                  report=False)
-    return lm, record, seconds
+    return prune_and_save(method, options, model_dir(state, "none"))
 
 
 def run_unit(state: str, arm: str, args: argparse.Namespace) -> dict:
