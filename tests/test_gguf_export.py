@@ -257,5 +257,5 @@ def test_gguf_in_gguf_out_keeps_the_input_type(tmp_path, real_model_dir, tiny_mo
     assert torch.isfinite(_llamacpp_logits(written, IDS)).all()
     # "same" needs a GGUF input, and is refused before any pruning
     assert run_cli("prune", "--model", tiny_model_dir("llama"), "--method", "magnitude", "--sparsity", "0.5",
-                   "--out", tmp_path / "m", "--export-gguf", "--outtype", "same") != 0
+                   "--out", tmp_path / "m", "--export-gguf", "same") != 0
     assert "input GGUF's type" in only_error_line(capsys) and not (tmp_path / "m").exists()

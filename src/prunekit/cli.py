@@ -165,8 +165,7 @@ def build_parser(method: str | None = None, heal: bool = False) -> argparse.Argu
     target.add_argument("--sparsity", type=float, metavar="P", help="unstructured sparsity in [0, 1)")
     target.add_argument("--pattern", metavar="N:M", help="N:M semi-structured pattern, e.g. 2:4")
     target.add_argument("--roles", metavar="LIST", help="comma-separated roles to prune (default: all linears of every layer)")
-    target.add_argument("--layers", metavar="LIST", help="layers to prune, e.g. 0-5,7 or last:2 (default: all; width "
-                                         "methods: their --layer-range); depth methods: the layers to remove")
+    target.add_argument("--layers", metavar="LIST", help="layers to prune, e.g. 0-5,7 or last:2 (default all; depth methods: those removed)")
     calib = prune.add_argument_group("calibration")
     calib.add_argument("--calib", metavar="CORPUS", help="calibration corpus: c4, wikitext2, ptb, pg19, name:split, or a path "
                                         "(default: c4; pg19 for depth methods)")

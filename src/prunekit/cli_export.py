@@ -47,10 +47,9 @@ def cmd_export(args) -> int:
 
 def add_round_trip_args(group) -> None:
     """``prune --export-gguf [--outtype T]``: the pruned model also written as GGUF inside --out."""
-    group.add_argument("--export-gguf", action="store_true", help="also write the pruned model as GGUF in --out "
-                       "(llama.cpp's converter/quantizer; see `prunekit export`)")
-    group.add_argument("--outtype", metavar="TYPE", help="GGUF type for --export-gguf (default: 'same', the input "
-                       "GGUF's own type, for a GGUF --model; f16 otherwise)")
+    group.add_argument("--export-gguf", nargs="?", const="auto", metavar="TYPE",
+                       help="also write OUT/OUT.TYPE.gguf (TYPE: a GGUF input's own, else f16)")
+    group.add_argument("--outtype", help=argparse.SUPPRESS)  # the type spelled as `export` spells it
 
 
 def plan_round_trip(args) -> dict | None:
@@ -61,7 +60,11 @@ def plan_round_trip(args) -> dict | None:
         if args.outtype:
             raise ArgumentError("--outtype applies with --export-gguf")
         return None
-    outtype = args.outtype or ("same" if input_gguf(args.model, args.gguf_file) else "f16")
+    if args.outtype and args.export_gguf != "auto":
+        raise ArgumentError("give the GGUF type once: --export-gguf TYPE or --outtype TYPE")
+    outtype = args.outtype or args.export_gguf
+    if outtype == "auto":
+        outtype = "same" if input_gguf(args.model, args.gguf_file) else "f16"
     return plan(args.model, outtype, args.gguf_file)
 
 
@@ -75,6 +78,7 @@ def finish_round_trip(args, plan: dict | None, out_dir) -> None:
     out_dir = Path(out_dir)
     record = export_gguf(out_dir, out_dir / f"{out_dir.name}.{plan['outtype']}.gguf", plan["outtype"])
     print(f"wrote {record['file']} ({record['outtype']}, {record['size_mb']:.1f} MB"
-          + (f", the input's type" if plan["source_gguf"] and not args.outtype else "") + ")")
+          + (", the input's type" if plan["source_gguf"] and (args.outtype or args.export_gguf) in ("auto", "same") else "")
+          + ")")
     for note in record["notes"]:
         print(f"note: {note}")
