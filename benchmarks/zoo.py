@@ -73,7 +73,8 @@ def write_table(results: dict) -> None:
     moe_pass = [t for t in moe if tested[t].get("expert-prune 50%") is None]
     lines = ["# Architecture zoo", "",
              f"transformers {results.get('transformers')}: every model type in its causal-LM mapping. A tiny random "
-             "model per type (3 layers, width 64, 4 heads / 2 KV heads, 4 experts top-2), each capability on a fresh "
+             "model per type (3 layers, width 64, 4 heads / 2 KV heads, 4 experts top-2; Doge: 16 product-key experts, a "
+             "4x4 key grid), each capability on a fresh "
              "copy, checked (exact sparsity or 2:4, layer count), saved, reloaded with plain transformers and compared "
              "with the in-memory pruned model (logits within 1e-4). ✅ = passed; otherwise the one-line reason. Random "
              "weights: this proves plumbing, not quality.", "",

@@ -153,3 +153,77 @@ def test_expert_pruning_through_the_cli_writes_a_loadable_model(tokenizer, data_
     record = json.loads((out / "prunekit.json").read_text())
     assert record["steps"][0]["experts"]["criterion"] == "reap"
     assert json.loads((out / "config.json").read_text())["num_experts"] == 3
+
+
+def _doge_routing(block, hidden):
+    """Doge's CDMoE routing written out from its paper's definition, as the test's independent check:
+    per token the top-k of s_x[i] + s_y[j] over the key grid, softmax weights, and each chosen
+    expert's contribution |act(down_e . h) * w| * |up_e|."""
+    n = hidden.shape[0]
+    logits = block.router_gate(hidden).view(2, n, -1)  # the model's own reshape of its 2K outputs
+    keys = logits.shape[-1]
+    scores = (logits[0][:, :, None] + logits[1][:, None, :]).reshape(n, keys * keys)
+    top, experts = scores.topk(block.top_k, dim=-1)
+    weights = torch.softmax(top, dim=-1)
+    activation = block.act_fn((block.down_embed.weight[experts] @ hidden[:, :, None]).squeeze(-1))
+    return experts, (activation * weights).abs() * block.up_embed.weight[experts].norm(dim=-1)
+
+
+def test_product_key_saliency_is_each_experts_own_contribution(tokenizer):
+    from prunekit.models.adapters.product_keys import capture_contributions, product_key_blocks
+
+    lm = _loaded("doge", tokenizer)
+    layer = lm.adapter.decoder_layers()[0]
+    (path, block), = product_key_blocks(layer, 16).items()
+    hidden = torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0))
+    sums = torch.zeros(16, 2, dtype=torch.float64)
+    restore = capture_contributions(block, sums)
+    with torch.no_grad():
+        block.module(hidden)
+    restore()
+    assert "forward" not in vars(block.module)  # the wrap is gone
+    with torch.no_grad():
+        experts, contributions = _doge_routing(block.module, hidden.reshape(10, 64))
+    expected = torch.zeros(16, 2, dtype=torch.float64)
+    expected[:, 0].index_add_(0, experts.reshape(-1), contributions.reshape(-1).double())
+    expected[:, 1].index_add_(0, experts.reshape(-1), torch.ones(experts.numel(), dtype=torch.float64))
+    assert sums[:, 1].sum() == 10 * block.module.top_k
+    torch.testing.assert_close(sums, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_product_key_pruning_is_the_dense_model_with_those_keys_masked(tokenizer, data_root, tmp_path):
+    """Removing sub-keys keeps a square grid, and the pruned model computes what the dense model
+    computes when the removed keys can never be chosen (their router scores at -inf)."""
+    import copy
+
+    import prunekit
+
+    lm = _loaded("doge", tokenizer)
+    dense = copy.deepcopy(lm.model)
+    record = prunekit.prune(lm, "expert-prune", remove_fraction=0.5, calibration=_calibration(), data_root=data_root,
+                            progress=False)
+    experts = record["experts"]
+    assert (experts["experts_before"], experts["experts_after"]) == (16, 9)  # a 4x4 grid loses one key: 3x3
+    assert lm.model.config.num_experts == 9
+    for layer, dense_layer in zip(experts["layers"], dense.model.layers):
+        (removed_key,) = layer["removed_keys"]
+        assert layer["removed"] == sorted({removed_key * 4 + j for j in range(4)} | {i * 4 + removed_key for i in range(4)})
+        gone = torch.tensor([removed_key, 4 + removed_key])
+        dense_layer.mlp.router_gate.register_forward_hook(lambda _m, _a, out, gone=gone: out.index_fill(-1, gone,
+                                                                                                          float("-inf")))
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(TOKENIZER_FREE_IDS).logits, dense(TOKENIZER_FREE_IDS).logits,
+                                   rtol=1e-5, atol=1e-5)
+    assert _reloaded_logits_match(lm, tmp_path)
+
+
+def test_product_key_fractions_that_remove_no_key_or_too_many_are_refused():
+    from prunekit.errors import ArgumentError
+    from prunekit.methods.expert_prune import check_expert_pruning
+    from prunekit.models.tiny import tiny_config
+
+    config = tiny_config("doge")  # 16 experts, a 4x4 grid, top-2
+    with pytest.raises(ArgumentError, match="removes no sub-key of the 4x4 product-key grid"):
+        check_expert_pruning(config, 0.1)
+    with pytest.raises(ArgumentError, match="leaves 1 of 16 experts per layer, fewer than the 2"):
+        check_expert_pruning(config, 0.9)

@@ -13,6 +13,11 @@ first). The surgery slices every fused ``[experts, ·, ·]`` parameter of the ex
 router's rows (and any per-expert bias or score-correction buffer of the MoE block), and rewrites
 the expert count in the config and in the modules that hold it; ``top_k`` must stay ≤ the experts
 left. Shared experts (dense MLPs beside the routed ones) are never touched.
+
+Product-key experts (Doge's CDMoE, ``models/adapters/product_keys.py``) are removed a sub-key at a
+time, keeping the key grid square: ``fraction`` picks the number of sub-keys whose removal leaves
+the grid nearest ``(1 − fraction)`` of the experts, and the keys go greedily by the saliency left in
+their grid row and column.
 """
 
 from __future__ import annotations
@@ -28,11 +33,22 @@ from ..errors import ArgumentError, UnsupportedArchitectureError
 from ..models.adapters.experts import (EXPERT_COUNT_KEYS, ExpertTap, expert_count, expert_modules, expert_parameters,
                                        experts_per_token)
 from ..models.adapters.generic import text_config
+from ..models.adapters.product_keys import (ProductKeyBlock, capture_contributions, experts_left, key_saliency_order,
+                                            keep_keys, keys_per_half, keys_to_remove, product_key_blocks,
+                                            uses_product_keys)
 from .base import Execution, Method, register
 
 CRITERIA = ("reap", "frequency", "weight")
 def removal_count(experts: int, fraction: float) -> int:
     return int(round(experts * fraction))
+
+
+def expert_survivors(config, fraction: float) -> int:
+    """Experts per MoE layer after removing ``fraction`` (a square key grid for product keys)."""
+    experts = expert_count(config)
+    if uses_product_keys(text_config(config)):
+        return experts_left(experts, fraction)
+    return experts - removal_count(experts, fraction)
 
 
 def check_expert_pruning(config, fraction: float) -> None:
@@ -43,8 +59,14 @@ def check_expert_pruning(config, fraction: float) -> None:
     if experts is None:
         raise ArgumentError(f"expert-prune needs a mixture-of-experts model; model type '{model_type}' is dense "
                             f"(its config names no {'/'.join(EXPERT_COUNT_KEYS)})")
-    left = experts - removal_count(experts, fraction)
     top_k = experts_per_token(config)
+    if uses_product_keys(text_config(config)):
+        keys = keys_per_half(experts)
+        if keys_to_remove(experts, fraction) == 0:
+            raise ArgumentError(f"--remove-fraction {fraction} removes no sub-key of the {keys}x{keys} product-key grid "
+                                f"of model type '{model_type}' (one key removes {2 * keys - 1} of {keys * keys} "
+                                f"experts); ask for at least {(2 * keys - 1) / (2 * keys * keys):.3f}")
+    left = expert_survivors(config, fraction)
     if left < 1 or (top_k is not None and left < top_k):
         raise ArgumentError(f"--remove-fraction {fraction} leaves {left} of {experts} experts per layer, fewer than the "
                             f"{top_k} each token is routed to (top_k); remove at most {experts - (top_k or 1)}")
@@ -91,16 +113,13 @@ class ExpertPrune(Method):
     # ---- scoring ------------------------------------------------------------------------
     def _blocks(self, loaded) -> list[tuple[int, str, nn.Module]]:
         experts = expert_count(loaded.model.config)
+        finder = product_key_blocks if uses_product_keys(text_config(loaded.model.config)) else expert_modules
         blocks = [(index, path, module) for index, layer in enumerate(loaded.adapter.decoder_layers())
-                  for path, module in expert_modules(layer, experts).items()]
+                  for path, module in finder(layer, experts).items()]
         if not blocks:
-            tables = any(isinstance(m, nn.Embedding) and m.num_embeddings == experts
-                         for layer in loaded.adapter.decoder_layers() for m in layer.modules())
-            why = ("its experts are rows of embedding tables addressed by pairs of product keys (Doge's CDMoE), "
-                   "so removing one would renumber the key grid" if tables else
-                   "no decoder layer holds them as fused [experts, ., .] parameters")
             raise UnsupportedArchitectureError(
-                f"model type '{loaded.model.config.model_type}' declares {experts} experts but {why}")
+                f"model type '{loaded.model.config.model_type}' declares {experts} experts but no decoder layer holds "
+                "them as fused [experts, ., .] parameters or as product-key embedding tables")
         return blocks
 
     def _output_parameter(self, module: nn.Module, experts: int) -> nn.Parameter:
@@ -127,21 +146,43 @@ class ExpertPrune(Method):
 
             handles.append(ExpertTap.on(module).add(output, None, seen))
         try:
-            with torch.inference_mode():
-                for start in tqdm(range(calib_ids.shape[0]), desc="expert saliency", disable=not progress, leave=False):
-                    loaded.model(input_ids=calib_ids[start : start + 1].to(loaded.device), use_cache=False)
+            self._calibration_forward(loaded, calib_ids, progress)
         finally:
             for handle in handles:
                 handle.remove()
         return sums
 
+    def _product_key_saliency(self, loaded, blocks, calib_ids, progress: bool) -> dict[tuple[int, str], torch.Tensor]:
+        """Per product-key block: ``[experts, 2]`` sums of contribution norms and routed-token counts."""
+        experts = expert_count(loaded.model.config)
+        sums = {(i, p): torch.zeros(experts, 2, dtype=torch.float64) for i, p, _ in blocks}
+        restores = [capture_contributions(block, sums[(i, p)]) for i, p, block in blocks]
+        try:
+            self._calibration_forward(loaded, calib_ids, progress)
+        finally:
+            for restore in restores:
+                restore()
+        return sums
+
+    @staticmethod
+    def _calibration_forward(loaded, calib_ids, progress: bool) -> None:
+        with torch.inference_mode():
+            for start in tqdm(range(calib_ids.shape[0]), desc="expert saliency", disable=not progress, leave=False):
+                loaded.model(input_ids=calib_ids[start : start + 1].to(loaded.device), use_cache=False)
+
     def _scores(self, loaded, blocks, calib_ids, progress: bool) -> dict[tuple[int, str], torch.Tensor]:
         experts = expert_count(loaded.model.config)
-        if self.options.criterion == "weight":
+        if blocks and isinstance(blocks[0][2], ProductKeyBlock):
+            if self.options.criterion == "weight":
+                return {(i, p): (b.down.weight.float().pow(2).sum(-1) + b.up.weight.float().pow(2).sum(-1)).sqrt()
+                        for i, p, b in blocks}
+            sums = self._product_key_saliency(loaded, blocks, calib_ids, progress)
+        elif self.options.criterion == "weight":
             return {(i, p): torch.stack([sum(param.data[e].float().pow(2).sum() for param in
                                              expert_parameters(m, experts).values()).sqrt() for e in range(experts)])
                     for i, p, m in blocks}
-        sums = self._routed_saliency(loaded, blocks, calib_ids, progress)
+        else:
+            sums = self._routed_saliency(loaded, blocks, calib_ids, progress)
         if self.options.criterion == "frequency":
             return {key: value[:, 1] for key, value in sums.items()}
         return {key: value[:, 0] / value[:, 1].clamp(min=1) for key, value in sums.items()}  # REAP: a mean
@@ -157,9 +198,14 @@ class ExpertPrune(Method):
         started = time.perf_counter()
         scores = self._scores(loaded, blocks, calib_ids, progress)
         scoring_seconds = time.perf_counter() - started
+        product_keys = isinstance(blocks[0][2], ProductKeyBlock)
+        left = expert_survivors(config, self.options.remove_fraction)
         layers = []
         for index, path, module in blocks:
             score = scores[(index, path)]
+            if product_keys:
+                layers.append(self._cut_keys(loaded, index, path, module, score))
+                continue
             order = torch.argsort(score.double(), stable=True)
             removed = sorted(order[:remove].tolist())
             kept = [e for e in range(experts) if e not in removed]
@@ -172,12 +218,26 @@ class ExpertPrune(Method):
         decoder_config = text_config(config)
         for key in EXPERT_COUNT_KEYS:
             if isinstance(getattr(decoder_config, key, None), int) and getattr(decoder_config, key) == experts:
-                setattr(decoder_config, key, experts - remove)
+                setattr(decoder_config, key, left)
         params_after = sum(p.numel() for p in loaded.model.parameters())
-        return {"criterion": self.options.criterion, "experts_before": experts, "experts_after": experts - remove,
+        return {"criterion": self.options.criterion, "experts_before": experts, "experts_after": left,
                 "top_k": experts_per_token(config), "params_before": params_before, "params_after": params_after,
                 "params_removed_fraction": 1 - params_after / params_before, "layers": layers,
                 "seconds": {"scoring": round(scoring_seconds, 3), "total": round(time.perf_counter() - started, 3)}}
+
+
+    def _cut_keys(self, loaded, index: int, path: str, block: ProductKeyBlock, score: torch.Tensor) -> dict:
+        """Remove sub-keys of one product-key block (see module doc); the record names the experts gone."""
+        keys = block.keys
+        removed_keys = key_saliency_order(score, keys, keys_to_remove(expert_count(loaded.model.config),
+                                                                      self.options.remove_fraction))
+        kept_keys = [k for k in range(keys) if k not in removed_keys]
+        kept_rows = set(block.grid_rows(kept_keys))
+        removed = [e for e in range(keys * keys) if e not in kept_rows]
+        sliced = [f"{path}.{name}" if path else name for name in keep_keys(block, kept_keys)]
+        return {"index": index, "module": f"{loaded.adapter.layer_prefix(index)}.{path}", "removed": removed,
+                "removed_keys": removed_keys, "unaddressed_rows_dropped": int(score.shape[0] - keys * keys),
+                "scores": [round(float(s), 6) for s in score], "sliced": sliced}
 
 
 def _scored_shared_experts(config) -> int:

@@ -51,8 +51,9 @@ TYPE_OVERRIDES: dict[str, dict[str, Any]] = {
                                                                         "full_attention"]},
     # its default mlp_layer_types makes every one of three layers dense: no MoE layer to test
     "beam": {"mlp_layer_types": ["dense", "sparse", "sparse"]},
-    # dense by default (is_moe false): its CDMoE (product-key experts as embedding rows) is the part to test
-    "doge": {"is_moe": True},
+    # dense by default (is_moe false): its CDMoE (product-key experts as embedding rows) is the part to test, on a
+    # 4 x 4 key grid (4 experts would be a 2 x 2 grid, whose smallest cut leaves 1 expert, fewer than top-2)
+    "doge": {"is_moe": True, "num_experts": 16},
     # the shared transformer block is tied across its layers: at least two of the three must hold it
     "zamba": {"layers_block_type": ["hybrid", "linear_attention", "hybrid"]},
 }
