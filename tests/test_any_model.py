@@ -5,10 +5,11 @@ import json
 
 import pytest
 
+from conftest import UNADAPTED_FAMILIES
 from test_cli import only_error_line as error_line, run_cli
 
 
-@pytest.mark.parametrize("family", ["helium", "stablelm"])
+@pytest.mark.parametrize("family", UNADAPTED_FAMILIES)
 def test_eval_check_and_bench_work_on_a_model_type_without_adapter(tiny_model_dir, data_root, tmp_path, capsys, family):
     model = tiny_model_dir(family)
     out = tmp_path / "eval.json"

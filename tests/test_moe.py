@@ -17,12 +17,9 @@ TOKENIZER_FREE_IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator()
 
 
 def _loaded(model_type: str, tokenizer, **extra):
-    from prunekit.models.loading import LoadedModel, check_config
-    from prunekit.models.tiny import tiny_model
+    from prunekit.zoo import tiny_loaded
 
-    model = tiny_model(model_type, **extra)
-    adapter_cls = check_config(model.config, model_type)
-    return LoadedModel(model, tokenizer, adapter_cls(model), {"model_type": model_type})
+    return tiny_loaded(model_type, tokenizer, **extra)
 
 
 def _calibration():

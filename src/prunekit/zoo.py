@@ -47,10 +47,12 @@ def _one_line(exc: BaseException, limit: int = 140) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _loaded(model_type: str, tokenizer):
+def tiny_loaded(model_type: str, tokenizer, **extra):
+    """A fresh tiny random ``model_type`` (``extra`` overrides its config) as prunekit's loaded
+    model with ``tokenizer``, the adapter chosen as ``prunekit.load`` would."""
     from .models.loading import LoadedModel, check_config
 
-    model = tiny_model(model_type)
+    model = tiny_model(model_type, **extra)
     model.config.use_cache = False
     adapter_cls = check_config(model.config, model_type, require_adapter=False)
     return LoadedModel(model, tokenizer, adapter_cls(model), {"model": f"tiny-{model_type}", "model_type": model_type,
@@ -138,7 +140,7 @@ def run_capability(model_type: str, capability: str, tokenizer, data_root: str |
 def _capability_holds(model_type: str, capability: str, tokenizer, data_root, calibration, tmp: Path) -> None:
     from . import api
 
-    lm = _loaded(model_type, tokenizer)
+    lm = tiny_loaded(model_type, tokenizer)
     if capability == "ppl":
         ppl = api.evaluate_perplexity(lm, ["wikitext2"], seqlen=32, max_windows=2, data_root=data_root,
                                       progress=False)["ppl"]["wikitext2"]
@@ -182,7 +184,7 @@ def _stream_matches(model_type: str, tokenizer, data_root, calibration, tmp: Pat
     from . import api
 
     source = tmp / "dense"
-    lm = _loaded(model_type, tokenizer)
+    lm = tiny_loaded(model_type, tokenizer)
     lm.model.save_pretrained(source)
     tokenizer.save_pretrained(source)
     out = tmp / "streamed"
@@ -199,7 +201,7 @@ def quick_check(model_type: str, tokenizer, data_root: str | Path) -> str | None
     from .recipe import CalibrationSettings
 
     def check(tmp: Path) -> None:
-        lm = _loaded(model_type, tokenizer)
+        lm = tiny_loaded(model_type, tokenizer)
         mask = api.prune(lm, "wanda", sparsity=0.5, progress=False, data_root=data_root,
                          calibration=CalibrationSettings(corpus="c4", nsamples=2, seqlen=16))
         _check_mask(lm, mask, None)

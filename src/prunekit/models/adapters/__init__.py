@@ -8,19 +8,26 @@ from ...errors import UnsupportedArchitectureError
 from .base import ALL_ROLES, ROUTER_ROLE, Adapter, LinearView
 from .cohere import CohereAdapter
 from .gemma import GemmaAdapter
+from .glm import GlmAdapter
 from .generic import GenericAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neo import GPTNeoAdapter
 from .gpt_neox import GPTNeoXAdapter
 from .granite_swa import GraniteSwaAdapter
+from .helium import HeliumAdapter
 from .llama import LlamaAdapter
 from .olmo2 import Olmo2Adapter
 from .opt import OPTAdapter
+from .phi import PhiAdapter
+from .stablelm import StableLmAdapter
+from .starcoder2 import StarCoder2Adapter
 from .structural import StructuralAdapter, unprunable_reason
 from .ungated import UngatedMLPAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, GemmaAdapter, CohereAdapter, Olmo2Adapter, UngatedMLPAdapter,
-                                       GraniteSwaAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter, GPTNeoAdapter)
+                                       GraniteSwaAdapter, StableLmAdapter, HeliumAdapter,
+                                       StarCoder2Adapter, PhiAdapter, GlmAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter,
+                                       GPTNeoAdapter)
 
 
 def supported_model_types() -> list[str]:

@@ -6,7 +6,8 @@ head counts taken from the weight shapes in the forward and an explicit ``head_d
 Seed-OSS, HunYuan dense, HyperCLOVA X, IQuest-Coder, CWM. Each type here passed LLM-Pruner width
 pruning, save and reload to identical logits in the architecture zoo (``benchmarks/zoo.py``).
 Families that share the names but differ in what width pruning must touch have their own files
-(``gemma.py``, ``cohere.py``, ``olmo2.py``, ``granite_swa.py``, ``ungated.py``).
+(``gemma.py``, ``cohere.py``, ``olmo2.py``, ``granite_swa.py``, ``ungated.py``, ``stablelm.py``,
+``helium.py``, ``starcoder2.py``, ``phi.py``, ``glm.py``).
 """
 
 from __future__ import annotations

@@ -85,7 +85,8 @@ def head_group(views: list[LinearView], layer: int, head_dim: int, grouping: str
 
 
 def channel_group(views: list[LinearView], layer: int, producers: tuple[str, ...], consumer_group: str) -> UnitGroup:
-    """MLP intermediate channels: rows of the producing maps, columns of the consuming map."""
+    """MLP intermediate channels: rows of the producing maps (each role's rows of a fused one),
+    columns of the consuming map."""
     makers = [v for v in views if v.local_name in producers]
     consumers = [v for v in views if v.input_group == consumer_group]
     if not makers or len(consumers) != 1:
@@ -93,7 +94,9 @@ def channel_group(views: list[LinearView], layer: int, producers: tuple[str, ...
     consumer = consumers[0]
     width = consumer.in_features
     cols = torch.arange(width).view(width, 1)
-    members = [UnitMember(v, 0, torch.arange(v.out_features).view(-1, 1), v.roles[0]) for v in makers]
+    # a fused producer (Phi-3 / GLM ``gate_up_proj``) owns one row per channel in each of its roles
+    members = [UnitMember(v, 0, _rows(v, role).view(-1, 1), role) for v in makers
+               for role in (v.roles if v.role_rows else v.roles[:1])]
     members.append(UnitMember(consumer, 1, cols, consumer.roles[0]))
     for member in members[:-1]:
         if member.index.shape[0] != width:
