@@ -25,7 +25,7 @@ def _logits(model, ids=IDS):
 
 @pytest.mark.parametrize("family,grouping", [("llama", "kv"), ("llama", "query"), ("gpt2", "kv"), ("gpt_neox", "kv"),
                                              ("opt", "kv"), ("stablelm", "kv"), ("helium", "kv"), ("starcoder2", "kv"),
-                                             ("phi", "kv"), ("glm4", "kv")])
+                                             ("phi", "kv"), ("glm4", "kv"), ("gptj", "kv"), ("gpt_bigcode", "query")])
 def test_removing_units_equals_zeroing_their_outputs(tiny_model_dir, family, grouping):
     """Cutting a head (or KV group) or MLP channel out computes exactly what zeroing its share of o / down does."""
     zeroed = prunekit.load(tiny_model_dir(family))

@@ -11,8 +11,10 @@ from .gemma import GemmaAdapter
 from .glm import GlmAdapter
 from .generic import GenericAdapter
 from .gpt2 import GPT2Adapter
+from .gpt_bigcode import GPTBigCodeAdapter
 from .gpt_neo import GPTNeoAdapter
 from .gpt_neox import GPTNeoXAdapter
+from .gptj import GPTJAdapter
 from .granite_swa import GraniteSwaAdapter
 from .helium import HeliumAdapter
 from .llama import LlamaAdapter
@@ -26,7 +28,8 @@ from .ungated import UngatedMLPAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, GemmaAdapter, CohereAdapter, Olmo2Adapter, UngatedMLPAdapter,
                                        GraniteSwaAdapter, StableLmAdapter, HeliumAdapter,
-                                       StarCoder2Adapter, PhiAdapter, GlmAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter,
+                                       StarCoder2Adapter, PhiAdapter, GlmAdapter, GPTJAdapter,
+                                       GPTBigCodeAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter,
                                        GPTNeoAdapter)
 
 

@@ -7,7 +7,8 @@ Seed-OSS, HunYuan dense, HyperCLOVA X, IQuest-Coder, CWM. Each type here passed 
 pruning, save and reload to identical logits in the architecture zoo (``benchmarks/zoo.py``).
 Families that share the names but differ in what width pruning must touch have their own files
 (``gemma.py``, ``cohere.py``, ``olmo2.py``, ``granite_swa.py``, ``ungated.py``, ``stablelm.py``,
-``helium.py``, ``starcoder2.py``, ``phi.py``, ``glm.py``).
+``helium.py``, ``starcoder2.py``, ``phi.py``, ``glm.py``); GPT-J and GPT-BigCode have theirs (``gptj.py``,
+``gpt_bigcode.py``).
 """
 
 from __future__ import annotations
