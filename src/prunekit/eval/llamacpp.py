@@ -33,6 +33,9 @@ from ..export.llamacpp import runtime_version
 DEFAULT_REPACK = False
 
 
+F32 = 0  # ggml_type GGML_TYPE_F32, for the KV cache types
+
+
 @contextlib.contextmanager
 def _model_params(repack: bool):
     """Let ``Llama`` build its model parameters with ``use_extra_bufts = repack`` (it exposes no
@@ -53,7 +56,8 @@ def _model_params(repack: bool):
         bindings.llama_model_default_params = original
 
 
-def _llama(path: str | os.PathLike, *, n_ctx: int, threads: int, logits_all: bool, repack: bool = DEFAULT_REPACK):
+def _llama(path: str | os.PathLike, *, n_ctx: int, threads: int, logits_all: bool, repack: bool = DEFAULT_REPACK,
+           f32_cache: bool = False):
     runtime_version()
     import llama_cpp
 
@@ -64,13 +68,17 @@ def _llama(path: str | os.PathLike, *, n_ctx: int, threads: int, logits_all: boo
     with _model_params(repack):
         return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 2048),
                                n_ubatch=min(n_ctx, 512), n_threads=threads, n_threads_batch=threads,
-                               logits_all=logits_all, verbose=False)
+                               logits_all=logits_all, verbose=False,
+                               **({"type_k": F32, "type_v": F32} if f32_cache else {}))
 
 
 def open_gguf(path: str | os.PathLike, *, n_ctx: int, threads: int | None = None, logits_all: bool = True,
-              repack: bool = DEFAULT_REPACK):
-    """A ``llama_cpp.Llama`` over ``path`` as prunekit measures it (see ``DEFAULT_REPACK``)."""
-    return _llama(path, n_ctx=n_ctx, threads=threads or default_threads(), logits_all=logits_all, repack=repack)
+              repack: bool = DEFAULT_REPACK, f32_cache: bool = False):
+    """A ``llama_cpp.Llama`` over ``path`` as prunekit measures it (see ``DEFAULT_REPACK``);
+    ``f32_cache`` keeps keys and values in f32 (llama.cpp's default cache is f16, which alone moves
+    logits by ~1e-3 of their scale), for exactness checks of an f32 export."""
+    return _llama(path, n_ctx=n_ctx, threads=threads or default_threads(), logits_all=logits_all, repack=repack,
+                  f32_cache=f32_cache)
 
 
 def default_threads() -> int:

@@ -138,6 +138,11 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: s
                              f"{windows.provenance.get('corpus')} calibration tokens")
             llamacpp.quantize(first, final, outtype, threads=threads, imatrix=matrix)
             first.unlink()
+        if llamacpp.runtime_available():
+            llamacpp.check_loads(final, plan["architecture"])
+        else:
+            notes.append("not loaded in llama.cpp here (llama-cpp-python is not installed): its graphs fix shapes "
+                         "that no config field states, so check that it loads before relying on the file")
         partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
         shutil.move(str(final), partial)
         os.replace(partial, target)

@@ -88,6 +88,14 @@ def runtime_version() -> str:
                             "from source (about 12 CPU-minutes, cached by pip afterwards)") from None
 
 
+def runtime_available() -> bool:
+    try:
+        runtime_version()
+    except LlamaCppError:
+        return False
+    return True
+
+
 def find_converter(fetch: bool = True) -> Converter:
     """The converter to use; with ``fetch`` unpack it from the runtime's source package if needed."""
     configured = os.environ.get("PRUNEKIT_LLAMA_CPP")
@@ -162,6 +170,21 @@ def quantize(source: Path, out_file: Path, outtype: str, threads: int | None = N
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode or not out_file.is_file():
         raise LlamaCppError(f"llama.cpp's quantizer failed ({outtype}): {_last_line(proc.stderr) or _last_line(proc.stdout)}")
+
+
+def check_loads(path: Path, architecture: str) -> None:
+    """Raise one line with llama.cpp's own reason when it cannot load ``path`` (see ``load_child``):
+    llama.cpp's graphs fix some shapes that no config field states — e.g. its qwen2, olmo2 and phi2
+    graphs build the attention output ``n_embd × n_embd``, so heads removed from those families
+    give a file llama.cpp rejects."""
+    runtime_version()
+    proc = subprocess.run([sys.executable, "-m", "prunekit.export.load_child", str(path)], capture_output=True,
+                          text=True)
+    if proc.returncode:
+        reasons = [line.split("error loading model:", 1)[1].strip() for line in proc.stderr.splitlines()
+                   if "error loading model:" in line]
+        raise LlamaCppError(f"llama.cpp cannot load the {architecture} GGUF written from these shapes, so nothing was "
+                            f"written: {reasons[0] if reasons else _last_line(proc.stderr)}")
 
 
 def _last_line(text: str) -> str:
