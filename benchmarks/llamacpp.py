@@ -40,7 +40,10 @@ STATES = {
     # k-quants pack 256 input columns per block: widths they do not divide fall back to larger types
     "llm-pruner 20%, round-to 256": ("llm-pruner", {"param_ratio": 0.2, "importance": "element1", "round_to": 256}),
 }
-PHASES = ("prune", "export", "ppl", "speed")
+PHASES = ("prune", "export", "ppl", "speed", "readback", "imatrix")
+# importance matrix from prunekit's calibration windows against none, at the same type
+IMATRIX_STATES, IMATRIX_TYPES = ("dense", "shortgpt -8 layers"), ("q4_k_m", "q3_k_m")
+READBACK_IDS = 64  # probe tokens for the transformers read-back
 
 
 def checkpoint(state: str) -> Path:
@@ -54,8 +57,8 @@ def checkpoint(state: str) -> Path:
     return WORK / slug(state)
 
 
-def gguf_file(state: str, outtype: str) -> Path:
-    return WORK / "gguf" / f"{slug(state)}-{outtype}.gguf"
+def gguf_file(state: str, outtype: str, imatrix: bool = False) -> Path:
+    return WORK / "gguf" / f"{slug(state)}-{outtype}{'-imatrix' if imatrix else ''}.gguf"
 
 
 def prune_state(state: str) -> dict:
@@ -159,9 +162,17 @@ def main(argv: list[str] | None = None) -> None:
                                                             threads=args.threads, progress=False)["ppl"]
                     print(state, outtype, "ppl", round(measured[outtype], 3), flush=True)
             store_results(JSON, results)
-    if "export" in args.phases and "shortgpt -8 layers" in args.states and "dense" in args.states:
+    if "export" in args.phases and "q4_k_m" in args.types and {"shortgpt -8 layers", "dense"} <= set(args.states):
         states["shortgpt -8 layers"]["removed_block_share_q4_k_m"] = removed_block_share("shortgpt -8 layers")
         store_results(JSON, results)
+    if "readback" in args.phases:
+        for state in args.states:
+            if args.redo or "readback_f16" not in states[state]:
+                states[state]["readback_f16"] = readback(state)
+                print(state, "readback", states[state]["readback_f16"], flush=True)
+                store_results(JSON, results)
+    if "imatrix" in args.phases:
+        measure_imatrix(states, args, lambda: store_results(JSON, results))
     if "speed" in args.phases:
         from prunekit.eval import llamacpp
 
@@ -174,6 +185,84 @@ def main(argv: list[str] | None = None) -> None:
                 print(state, outtype, values, flush=True)
             store_results(JSON, results)
     write_markdown(results)
+
+
+def readback(state: str) -> dict:
+    """transformers' own GGUF loader on the f16 file against the checkpoint it came from (matrices
+    rounded to fp16, as the file stores them): largest logit difference relative to the largest
+    logit, and next-token argmax agreement; or the loader's one-line refusal."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.zoo import _one_line
+
+    path = gguf_file(state, "f16")
+    ids = torch.randint(0, 1000, (1, READBACK_IDS), generator=torch.Generator().manual_seed(0))
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint(state), dtype=torch.float32,
+                                                     trust_remote_code=True).eval()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            if parameter.dim() > 1:
+                parameter.copy_(parameter.half().float())
+        expected = reference(ids).logits[0]
+    try:
+        again = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+        with torch.no_grad():
+            got = again(ids).logits[0]
+    except Exception as exc:  # noqa: BLE001 - the loader's refusal is the finding
+        return {"error": _one_line(exc)}
+    return {"rel_max_diff": float((got - expected).abs().max() / expected.abs().max()),
+            "argmax_agree": float((got.argmax(-1) == expected.argmax(-1)).float().mean())}
+
+
+def measure_imatrix(states: dict, args, save) -> None:
+    """Each (state, type) of IMATRIX_STATES × IMATRIX_TYPES with and without an importance matrix
+    from prunekit's calibration windows: file MB and llama.cpp perplexity on the same windows."""
+    from prunekit.eval import llamacpp
+    from prunekit.export import export_gguf
+
+    token_windows = windows(args.eval_windows)
+    for state in IMATRIX_STATES:
+        for outtype in IMATRIX_TYPES:
+            entry = states[state].setdefault("imatrix", {}).setdefault(outtype, {})
+            for with_matrix in (False, True):
+                key = "with" if with_matrix else "without"
+                if not args.redo and key in entry:
+                    continue
+                target = gguf_file(state, outtype, imatrix=with_matrix)
+                if args.redo or not target.exists():
+                    export_gguf(checkpoint(state), target, outtype, overwrite=True, threads=args.threads,
+                                imatrix="calibration" if with_matrix else None, progress=False)
+                entry[key] = {"size_mb": round(target.stat().st_size / 2**20, 2),
+                              "ppl": llamacpp.perplexity(target, token_windows, threads=args.threads,
+                                                         progress=False)["ppl"]}
+                print(state, outtype, key, entry[key], flush=True)
+                save()
+
+
+def _readback_lines(states: dict) -> list[str]:
+    lines = []
+    for state, entry in states.items():
+        check = entry.get("readback_f16")
+        if check is None:
+            continue
+        if "error" in check:
+            lines.append(f"- {state}: transformers' GGUF loader refuses the f16 file: {check['error']}")
+        else:
+            lines.append(f"- {state}: largest logit difference {check['rel_max_diff']:.1e} of the largest logit, "
+                         f"argmax agreement {check['argmax_agree']:.0%}")
+    return lines
+
+
+def _imatrix_rows(states: dict) -> list[list[str]]:
+    rows = []
+    for state, entry in states.items():
+        for outtype, pair in entry.get("imatrix", {}).items():
+            if "with" in pair and "without" in pair:
+                rows.append([state, outtype, f"{pair['without']['ppl']:.2f}", f"{pair['with']['ppl']:.2f}",
+                             f"{pair['with']['ppl'] / pair['without']['ppl'] - 1:+.1%}",
+                             f"{pair['with']['size_mb']:.1f}"])
+    return rows
 
 
 def write_markdown(results: dict) -> None:
@@ -208,7 +297,26 @@ def write_markdown(results: dict) -> None:
         "Command: `python benchmarks/llamacpp.py`.\n\n"
         + markdown_table(["state", "type", "file MB", "prompt tok/s", "gen tok/s", "prompt vs dense", "gen vs dense",
                           "llama.cpp ppl", "prunekit ppl (HF)"], rows)
-        + ("\n## Targets\n\n" + "\n".join(f"- {line}" for line in checks) + "\n" if checks else ""))
+        + ("\n## Targets\n\n" + "\n".join(f"- {line}" for line in checks) + "\n" if checks else "")
+        + _extra_sections(states, settings))
+
+
+def _extra_sections(states: dict, settings: dict) -> str:
+    text = ""
+    readback_lines = _readback_lines(states)
+    if readback_lines:
+        text += ("\n## Read back by transformers\n\nEach f16 GGUF loaded with `AutoModelForCausalLM.from_pretrained(dir, "
+                 f"gguf_file=...)` (transformers' own GGUF reader), logits on {READBACK_IDS} probe tokens against the "
+                 "checkpoint it was exported from with its matrices rounded to fp16 (what the file stores):\n\n"
+                 + "\n".join(readback_lines) + "\n")
+    rows = _imatrix_rows(states)
+    if rows:
+        text += ("\n## Importance matrix from prunekit's calibration\n\n`prunekit export --imatrix calibration`: the "
+                 "mean squared input of every matrix's columns over prunekit's calibration windows (64 × 512 C4 "
+                 "tokens), handed to llama.cpp's quantizer; perplexity from llama.cpp on the same "
+                 f"{settings.get('eval_windows')} WikiText-2 windows as above.\n\n"
+                 + markdown_table(["state", "type", "ppl without", "ppl with imatrix", "change", "file MB"], rows))
+    return text
 
 
 def _targets(states: dict) -> list[str]:
