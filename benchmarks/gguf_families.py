@@ -118,19 +118,6 @@ def _logits(model, ids):
         return model(input_ids=ids, use_cache=False).logits[0].float()
 
 
-def _llamacpp_logits(path: Path, ids):
-    import torch
-
-    from prunekit.eval.llamacpp import open_gguf
-
-    model = open_gguf(path, n_ctx=ids.shape[1], threads=2, f32_cache=True)
-    try:
-        model.eval(ids[0].tolist())
-        return torch.from_numpy(model.scores[: ids.shape[1]].copy()).float()
-    finally:
-        model.close()
-
-
 def _agreement(got, expected) -> dict:
     scale = float(expected.abs().max())
     return {"rel_max_diff": float((got - expected).abs().max()) / scale,
@@ -165,6 +152,7 @@ def run_cell(model_type: str, state: str, tokenizer, spm: Path | None, work: Pat
     from transformers import AutoModelForCausalLM
 
     import prunekit
+    from prunekit.eval.llamacpp import sequence_logits
     from prunekit.export import export_gguf
     from prunekit.models.adapters.experts import expert_count
     from prunekit.zoo import _one_line, tiny_loaded
@@ -185,7 +173,8 @@ def run_cell(model_type: str, state: str, tokenizer, spm: Path | None, work: Pat
         cell["gguf_architecture"] = exported["gguf_architecture"] or _gguf_architecture(work / "model.gguf")
         cell["per_layer"] = "prunekit_shapes" in json.loads((checkpoint / "config.json").read_text())
         expected = _logits(lm.model, _probe())
-        cell["llama.cpp"] = _agreement(_llamacpp_logits(work / "model.gguf", _probe()), expected)
+        cell["llama.cpp"] = _agreement(sequence_logits(work / "model.gguf", _probe(), threads=2, f32_cache=True),
+                                       expected)
         try:  # transformers' own GGUF loader; its refusal ("not supported yet") is the finding
             again = AutoModelForCausalLM.from_pretrained(work, gguf_file="model.gguf", dtype=torch.float32).eval()
             cell["transformers"] = _agreement(_logits(again, _probe()), expected)

@@ -43,14 +43,9 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _llamacpp_logits(path: Path, ids: torch.Tensor, f32_cache: bool = False) -> torch.Tensor:
-    from prunekit.eval.llamacpp import open_gguf
+    from prunekit.eval.llamacpp import sequence_logits
 
-    model = open_gguf(path, n_ctx=ids.shape[1], threads=2, f32_cache=f32_cache)
-    try:
-        model.eval(ids[0].tolist())
-        return torch.from_numpy(model.scores[: ids.shape[1]].copy()).float()
-    finally:
-        model.close()
+    return sequence_logits(path, ids, threads=2, f32_cache=f32_cache)
 
 
 def _fp16_rounded(model) -> None:

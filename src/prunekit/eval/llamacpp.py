@@ -85,6 +85,18 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
+def sequence_logits(path: str | os.PathLike, ids: torch.Tensor, *, threads: int | None = None,
+                    f32_cache: bool = False) -> torch.Tensor:
+    """llama.cpp's float32 logits for every position of one token sequence (``ids``: ``[1, n]``),
+    to compare an exported file with the checkpoint it came from."""
+    model = open_gguf(path, n_ctx=ids.shape[1], threads=threads, f32_cache=f32_cache)
+    try:
+        model.eval(ids[0].tolist())
+        return torch.from_numpy(model.scores[: ids.shape[1]].copy()).float()
+    finally:
+        model.close()
+
+
 def perplexity(path: str | os.PathLike, windows: TokenWindows, *, threads: int | None = None,
                progress: bool = True, desc: str = "llama.cpp ppl") -> dict:
     """Perplexity of the GGUF at ``path`` on ``windows``, computed from llama.cpp's logits."""
