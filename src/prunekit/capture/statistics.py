@@ -21,21 +21,34 @@ from ..models.adapters.base import LinearView
 STATISTICS = ("gram", "sqnorm")
 
 
-# From this width on, X Xᵀ is accumulated as its upper block triangle in two halves (three products
-# instead of the full one: 3/4 of the multiply-adds, measured ~20% faster here) and mirrored.
-GRAM_SPLIT_WIDTH = 512
+# X Xᵀ is accumulated as its upper block triangle and mirrored: with k column blocks that is
+# (k+1)/(2k) of the multiply-adds of the full product. Blocks of at least GRAM_BLOCK_WIDTH columns
+# keep each product BLAS-efficient; measured here (4096 tokens, 2 cores) one 1536-wide update takes
+# 54.5 ms whole, 43.5 ms in 2 blocks, 35.9 ms in 4 and 34.1 ms in 8 (576 wide: 8.0 / 6.1 / 5.6 ms).
+GRAM_BLOCK_WIDTH = 128
+GRAM_MAX_BLOCKS = 8
+
+
+def gram_block_edges(width: int) -> list[int]:
+    """Column boundaries of the blocks :func:`add_gram` splits a ``width``-wide input into."""
+    blocks = max(1, min(GRAM_MAX_BLOCKS, width // GRAM_BLOCK_WIDTH))
+    if blocks < 4:  # 2-3 blocks of a narrow input save less than the extra products cost
+        blocks = 1
+    return [round(i * width / blocks) for i in range(blocks + 1)]
 
 
 def add_gram(gram: torch.Tensor, x: torch.Tensor) -> None:
-    """``gram += xᵀ x`` for ``x ∈ R^{tokens×width}``, exploiting symmetry for wide inputs."""
-    width = x.shape[1]
-    if width < GRAM_SPLIT_WIDTH:
+    """``gram += xᵀ x`` for ``x ∈ R^{tokens×width}``, exploiting symmetry for wide inputs: each
+    block row's product covers the diagonal block and everything right of it; the blocks below
+    the diagonal are the mirror of those above, copied bit for bit."""
+    edges = gram_block_edges(x.shape[1])
+    if len(edges) == 2:
         gram.addmm_(x.t(), x)
         return
-    half = (width + 1) // 2
-    gram[:half, :].addmm_(x[:, :half].t(), x)
-    gram[half:, half:].addmm_(x[:, half:].t(), x[:, half:])
-    gram[half:, :half] = gram[:half, half:].t()
+    for start, stop in zip(edges[:-1], edges[1:]):
+        gram[start:stop, start:].addmm_(x[:, start:stop].t(), x[:, start:])
+    for start, stop in zip(edges[1:-1], edges[2:]):
+        gram[start:stop, :start] = gram[:start, start:stop].t()
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..allocator import retain_freed_memory
 from ..data.windows import TokenWindows
 
 TOKENS_PER_BATCH = 4096
@@ -28,6 +29,7 @@ def default_batch_size(seqlen: int) -> int:
 def perplexity(model, windows: TokenWindows, *, batch_size: int | None = None, progress: bool = True,
                desc: str = "perplexity") -> dict:
     """Perplexity of ``model`` on ``windows``; also the NLL sum, token count and seconds."""
+    retain_freed_memory()
     ids = windows.ids
     count, seqlen = ids.shape
     batch_size = batch_size or default_batch_size(seqlen)

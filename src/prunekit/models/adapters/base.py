@@ -69,7 +69,14 @@ class LinearView:
         value = new_weight.t() if self.transposed else new_weight
         if value.shape != target.shape:
             raise ValueError(f"{self.name}: weight shape {tuple(value.shape)} != {tuple(target.shape)}")
-        target.copy_(value.to(dtype=target.dtype, device=target.device))
+        if self.expert is not None:  # a slice of the fused [experts, ·, ·] parameter
+            target.copy_(value.to(dtype=target.dtype, device=target.device))
+            return
+        # a fresh tensor rather than a write into the loaded one: a checkpoint memory-maps its
+        # safetensors, and the first write to such a weight copies it page by page (7.5 ms for a
+        # 576x1536 float32 matrix here, against 0.3-0.8 ms for a copy into new memory)
+        self.module.weight.data = value.to(dtype=target.dtype, device=target.device,
+                                           memory_format=torch.contiguous_format, copy=True)
 
     def require_writable(self, action: str) -> None:
         """Refuse to change a map stored as low-rank factors: its ``weight`` is a computed product."""
