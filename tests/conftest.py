@@ -56,7 +56,7 @@ def tiny_config(family: str):
 
 # families built with the architecture zoo's config shrink; bitnet has no family adapter (the
 # structural fallback serves it)
-ZOO_FAMILIES = ("stablelm", "helium", "starcoder2", "phi", "glm4", "gptj", "gpt_bigcode", "bitnet")
+ZOO_FAMILIES = ("stablelm", "helium", "starcoder2", "phi", "phi3", "glm4", "gptj", "gpt_bigcode", "bitnet")
 UNADAPTED_FAMILIES = ("bitnet",)
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "opt", "gpt_neox", "gpt2", "gpt_neo")
 

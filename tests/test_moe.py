@@ -224,3 +224,62 @@ def test_product_key_fractions_that_remove_no_key_or_too_many_are_refused():
         check_expert_pruning(config, 0.1)
     with pytest.raises(ArgumentError, match="leaves 1 of 16 experts per layer, fewer than the 2"):
         check_expert_pruning(config, 0.9)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "mixtral", "olmoe", "gpt_oss"])
+def test_moe_head_and_shared_expert_cuts_equal_zeroing_them(model_type, tokenizer):
+    """Width units of a MoE layer — KV groups (with OLMoE's full-width q/k norm entries and
+    GPT-OSS's sinks) and, where the layer has one, the shared expert's channels — cut out compute
+    what zeroing their share of o / down computes; routed experts keep their width."""
+    from prunekit.surgery.shrink import remove_units
+
+    zeroed, shrunk = _loaded(model_type, tokenizer), _loaded(model_type, tokenizer)
+    shrunk.model.load_state_dict(zeroed.model.state_dict())
+    groups = zeroed.adapter.unit_groups(0)
+    assert ("channels" in groups) == (model_type == "qwen2_moe")  # Qwen2-MoE's shared expert; the others: experts only
+    removed = {"heads": [1], "channels": [0, 5, 17]}
+    with torch.no_grad():
+        for kind, group in groups.items():
+            consumer = next(m for m in group.members if m.axis == 1)
+            weight = consumer.view.weight.clone()
+            weight[:, consumer.index[removed[kind]].reshape(-1)] = 0
+            consumer.view.set_weight(weight)
+    for kind, group in shrunk.adapter.unit_groups(0).items():
+        remove_units(shrunk.adapter, group, removed[kind])
+    with torch.no_grad():
+        cut, reference = shrunk.model(TOKENIZER_FREE_IDS).logits, zeroed.model(TOKENIZER_FREE_IDS).logits
+    if model_type == "olmoe":  # its q/k RMSNorms span all heads: fewer heads change the norm's statistic
+        assert cut.shape == reference.shape and not torch.equal(cut, reference)
+    else:
+        torch.testing.assert_close(cut, reference, rtol=1e-5, atol=1e-5)
+    shape, before = shrunk.adapter.layer_shape(0), zeroed.adapter.layer_shape(0)
+    assert shape["kv_heads"] == before["kv_heads"] - 1
+    assert shape["channels"] == before["channels"] - (3 if "channels" in groups else 0)
+
+
+@pytest.mark.parametrize("model_type,mode", [("mixtral", "stock"), ("qwen2_moe", "per-layer"), ("olmoe", "per-layer")])
+def test_llm_pruner_on_moe_reloads_with_identical_logits(model_type, mode, tokenizer, data_root, tmp_path):
+    import prunekit
+    from transformers import AutoModelForCausalLM
+
+    lm = _loaded(model_type, tokenizer)
+    experts_before = {n: tuple(p.shape) for n, p in lm.model.named_parameters() if ".experts." in n}
+    record = prunekit.prune(lm, "llm-pruner", ratio=0.5, layer_range="0:1.0", calibration=_calibration(),
+                            data_root=data_root, progress=False)
+    width = record["width"]
+    assert width["config"] == mode
+    assert width["units"] == (["heads", "channels"] if model_type == "qwen2_moe" else ["heads"])
+    assert {n: tuple(p.shape) for n, p in lm.model.named_parameters() if ".experts." in n} == experts_before
+    prunekit.save(lm, tmp_path / "out", record=prunekit.build_record(lm, [record]), report=False)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=mode == "per-layer").eval()
+    with torch.no_grad():
+        assert torch.equal(again(TOKENIZER_FREE_IDS).logits, lm.model(TOKENIZER_FREE_IDS).logits)
+
+
+def test_param_ratio_a_moe_cannot_reach_is_one_clear_error(tokenizer, data_root):
+    import prunekit
+    from prunekit.errors import ArgumentError
+
+    lm = _loaded("mixtral", tokenizer)
+    with pytest.raises(ArgumentError, match=r"cannot be reached.*routed experts, whose count expert-prune reduces"):
+        prunekit.prune(lm, "llm-pruner", param_ratio=0.25, calibration=_calibration(), data_root=data_root, progress=False)

@@ -73,14 +73,16 @@ def _sized(argv: list[str]) -> list[str]:
 
 @pytest.fixture
 def deep_tiny_model(tmp_path_factory, tokenizer) -> Path:
-    """A tiny Llama deep enough for ``--remove-layers 6`` and wide enough in context for ICL prompts."""
+    """A tiny Llama deep enough for ``--remove-layers 6``, wide enough in context for ICL prompts, and
+    with enough of its parameters in heads and MLP channels for the README's ``--param-ratio 0.2``
+    (a tied embedding; its 49,152-row vocabulary would otherwise hold 95% of them)."""
     import torch
     import transformers as tf
 
     torch.manual_seed(0)
-    config = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
+    config = tf.LlamaConfig(hidden_size=64, intermediate_size=512, num_hidden_layers=8, num_attention_heads=4,
                             num_key_value_heads=2, max_position_embeddings=2048, vocab_size=49152,
-                            tie_word_embeddings=False)
+                            tie_word_embeddings=True)
     path = tmp_path_factory.mktemp("readme-model")
     tf.AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -25,7 +25,8 @@ def _logits(model, ids=IDS):
 
 @pytest.mark.parametrize("family,grouping", [("llama", "kv"), ("llama", "query"), ("gpt2", "kv"), ("gpt_neox", "kv"),
                                              ("opt", "kv"), ("stablelm", "kv"), ("helium", "kv"), ("starcoder2", "kv"),
-                                             ("phi", "kv"), ("glm4", "kv"), ("gptj", "kv"), ("gpt_bigcode", "query")])
+                                             ("phi", "kv"), ("phi3", "kv"), ("phi3", "query"), ("glm4", "kv"), ("gptj", "kv"),
+                                             ("gpt_bigcode", "query")])
 def test_removing_units_equals_zeroing_their_outputs(tiny_model_dir, family, grouping):
     """Cutting a head (or KV group) or MLP channel out computes exactly what zeroing its share of o / down does."""
     zeroed = prunekit.load(tiny_model_dir(family))
@@ -51,7 +52,8 @@ def test_removing_units_equals_zeroing_their_outputs(tiny_model_dir, family, gro
 
 
 @pytest.mark.parametrize("family,layer_range,mode", [("llama", "0:2", "stock"), ("llama", "1:2", "per-layer"),
-                                                     ("gpt2", "0:2", "per-layer"), ("gpt_neox", "0:1", "per-layer")])
+                                                     ("gpt2", "0:2", "per-layer"), ("gpt_neox", "0:1", "per-layer"),
+                                                     ("phi3", "0:2", "stock"), ("phi3", "1:2", "per-layer")])
 def test_shrunk_model_reloads_with_identical_logits(tiny_model_dir, tmp_path, family, layer_range, mode):
     lm = prunekit.load(tiny_model_dir(family))
     params_before = sum(p.numel() for p in lm.model.parameters())

@@ -207,9 +207,10 @@ def require_method_support(adapter_cls: type, method_cls, config: Any, streaming
             f"'{model_type}' has none (family adapters: {', '.join(supported_model_types())}) and is served by the "
             "structural fallback: mask methods and depth removal only")
     if streaming and not adapter_cls.streamable:
+        served_by = ("the mixture-of-experts adapter" if adapter_cls.family == "moe" else "the structural fallback")
         raise UnsupportedArchitectureError(
-            f"--stream needs a family adapter: model type '{model_type}' is served by the structural fallback, "
-            "which finds its maps by running the whole model once")
+            f"--stream needs the maps of a layer without running the model: model type '{model_type}' is served by "
+            f"{served_by}, which finds its maps (and experts) by running the whole model once")
 
 
 def require_streamable(method_cls, options) -> None:

@@ -149,7 +149,7 @@ def _capability_holds(model_type: str, capability: str, tokenizer, data_root, ca
         return
     if capability == "expert-prune 50%" and expert_count(lm.model.config) is None:
         raise _Verdict("n/a (dense model)")
-    method, options = _method_options(capability)
+    method, options = _method_options(capability, moe=expert_count(lm.model.config) is not None)
     before = lm.adapter.num_layers()
     if method == "expert-prune":
         from .methods.expert_prune import expert_survivors
@@ -166,12 +166,14 @@ def _capability_holds(model_type: str, capability: str, tokenizer, data_root, ca
     _reload_matches(lm, tmp / "out")
 
 
-def _method_options(capability: str) -> tuple[str, dict[str, Any]]:
+def _method_options(capability: str, moe: bool = False) -> tuple[str, dict[str, Any]]:
     name, _, amount = capability.partition(" ")
     if name == "shortgpt":
         return "shortgpt", {"remove_layers": 1}
     if name == "llm-pruner":
-        return "llm-pruner", {"param_ratio": 0.25}
+        # a MoE model's routed experts hold most of its parameters and keep their width: half of
+        # the heads (KV groups) and of any dense / shared-expert MLP channels in every layer instead
+        return "llm-pruner", {"ratio": 0.5, "layer_range": "0:1.0"} if moe else {"param_ratio": 0.25}
     if name == "expert-prune":
         return "expert-prune", {"remove_fraction": 0.5}
     if amount == "2:4":

@@ -31,6 +31,8 @@ maps of the stored shapes before the weights are loaded. Load with
 ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``.
 """
 
+from typing import Any
+
 import transformers
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -41,6 +43,9 @@ def rebuild_pruned_shapes(model, spec):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         old = getattr(parent, child)
+        stored = (entry["in"], entry["out"]) if entry["class"] == "Conv1D" else (entry["out"], entry["in"])
+        if tuple(old.weight.shape) == stored and (getattr(old, "bias", None) is not None) == entry["bias"]:
+            continue  # built as it is stored (and of its own class: a router's forward is not a plain Linear's)
         if entry["class"] == "Conv1D":
             new = Conv1D(entry["out"], entry["in"])
         else:
@@ -56,6 +61,15 @@ def rebuild_pruned_shapes(model, spec):
         setattr(owner, attr, nn.Parameter(old.data.new_empty(shape), requires_grad=old.requires_grad))
         if hasattr(owner, "normalized_shape"):
             owner.normalized_shape = tuple(shape)
+
+
+{layer_config_class}
+
+def rebuild_layer_configs(model, spec):
+    """Modules that read their head count from the config get their own values of those fields."""
+    for path, fields in spec.get("configs", {{}}).items():
+        module = model.get_submodule(path)
+        module.config = LayerConfig(module.config, fields)
 
 
 def rebuild_factored(model, spec):
@@ -86,6 +100,7 @@ class {name}(transformers.{base}):
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         rebuild_pruned_shapes(self, getattr(config, "{key}", None) or {{}})
+        rebuild_layer_configs(self, getattr(config, "{key}", None) or {{}})
         rebuild_factored(self, getattr(config, "{factored_key}", None) or {{}})
 '''
 
@@ -110,15 +125,19 @@ def sync_config_shapes(adapter: Adapter) -> str:
             del auto_map["AutoModelForCausalLM"]
             config.auto_map = auto_map or None
         return "stock"
-    linears, attributes, parameters = {}, {}, {}
+    linears, attributes, parameters, configs = {}, {}, {}, {}
     for index, shape in enumerate(shapes):
         for view in adapter.linears(index):
+            if view.expert is not None:  # routed experts keep the width the config gives them
+                continue
             module = view.module
             linears[view.name] = {"class": "Conv1D" if view.transposed else "Linear", "out": view.out_features,
                                   "in": view.in_features, "bias": getattr(module, "bias", None) is not None}
         prefix = adapter.layer_prefix(index)
         for path, value in adapter.head_attributes(shape["heads"], shape["kv_heads"]).items():
             attributes[f"{prefix}.{path}"] = value
+        for path, fields in adapter.head_config_fields(shape["heads"], shape["kv_heads"]).items():
+            configs[f"{prefix}.{path}"] = fields
         layer = adapter.decoder_layers()[index]
         for path in adapter.head_companions():
             owner, _, name = path.rpartition(".")
@@ -126,6 +145,8 @@ def sync_config_shapes(adapter: Adapter) -> str:
     spec = {"linears": linears, "attributes": attributes}
     if parameters:
         spec["parameters"] = parameters
+    if configs:
+        spec["configs"] = configs
     setattr(config, SHAPES_KEY, spec)
     require_remote_class(adapter)
     return "per-layer"
@@ -163,8 +184,12 @@ def require_remote_class(adapter: Adapter) -> None:
 
 def remote_code_text(base: str, model_type: str) -> str:
     """The ``modeling_prunekit.py`` source for a model deriving from ``transformers.<base>``."""
+    import inspect
+
+    from ..models.adapters.layer_config import LayerConfig
+
     return _REMOTE_CODE.format(name="Prunekit" + base, base=base, model_type=model_type, key=SHAPES_KEY,
-                               factored_key=FACTORED_KEY)
+                               factored_key=FACTORED_KEY, layer_config_class=inspect.getsource(LayerConfig).rstrip())
 
 
 def write_remote_code(model, directory: Path) -> None:

@@ -32,14 +32,18 @@ import torch
 from ..capture.gradients import weight_gradients
 from ..errors import ArgumentError
 from ..io.shapes import sync_config_shapes
+from ..models.adapters.experts import expert_count
 from ..models.adapters.units import UnitGroup
 from ..surgery.shrink import remove_units
 from ..capture.layerwise import layerwise
 from .base import WidthMethod, register
-from .unit_plan import (parse_unit_kinds, plan_removals, removal_count, unit_params, validate_round_to,
-                        width_layers)
+from .unit_plan import (parse_unit_kinds, plan_removals, present_kinds, removal_count, require_kinds, unit_params,
+                        validate_round_to, width_layers)
 from .ria import ria_scores
 
+# --param-ratio: the closest per-layer ratio must remove at least this share of the asked fraction (a tiny
+# model's units are coarse; a MoE model's heads and dense channels may hold a few percent of it)
+PARAM_RATIO_FLOOR = 0.5
 IMPORTANCES = ("element1", "element2", "vector", "ria", "l1", "l2", "random")
 AGGREGATES = ("sum", "mean", "max", "prod", "last")
 
@@ -168,17 +172,20 @@ class LLMPruner(WidthMethod):
         opts = self.options
         layers = width_layers(self.explicit_layers, opts.layer_range, adapter.num_layers())
         groups = {i: adapter.unit_groups(i, opts.head_grouping) for i in layers}
+        require_kinds(groups, self.kinds)
         if opts.global_ranking and opts.head_grouping == "query" and any(g["heads"].partition > 1 for g in groups.values()):
             raise ArgumentError("--global-ranking with --head-grouping query cannot keep KV groups equal; use --head-grouping kv")
         params_before = sum(p.numel() for p in loaded.model.parameters())
-        ratio = opts.ratio if opts.ratio is not None else self._solve_ratio(groups, params_before)
+        ratio = opts.ratio if opts.ratio is not None else self._solve_ratio(
+            groups, params_before, has_experts=expert_count(loaded.model.config) is not None)
         self._check_not_emptying(groups, ratio)
 
         started = time.perf_counter()
         grads = fishers = None
         loss = None
         if opts.importance in ("element1", "element2", "vector"):
-            modules = {id(m.view.module): m.view.module for g in groups.values() for k in self.kinds for m in g[k].members}
+            modules = {id(m.view.module): m.view.module for g in groups.values() for k in present_kinds(g, self.kinds)
+                       for m in g[k].members}
             params = [m.weight for m in modules.values()]
             grad_list, fisher_list, loss = weight_gradients(loaded.model, params, calib_ids, fisher=opts.importance == "element2",
                                                             checkpointing=opts.checkpointing, progress=progress)
@@ -188,7 +195,7 @@ class LLMPruner(WidthMethod):
         generator = torch.Generator().manual_seed(opts.random_baseline_seed)
         scores = {(i, k): aggregate(member_scores(g[k], opts.importance, grads, fishers, generator, sqnorms.get(i)),
                                     opts.aggregate)
-                  for i, g in groups.items() for k in self.kinds}
+                  for i, g in groups.items() for k in present_kinds(g, self.kinds)}
         del grads, fishers
         scoring_seconds = time.perf_counter() - started
 
@@ -197,14 +204,15 @@ class LLMPruner(WidthMethod):
         layer_reports = []
         for i in layers:
             entry = {"index": i}
-            for k in self.kinds:
+            for k in present_kinds(groups[i], self.kinds):
                 group = groups[i][k]
                 entry[k] = {"before": group.units, **remove_units(adapter, group, plan[(i, k)]),
                             "scores": [round(float(s), 6) for s in scores[(i, k)]]}
             layer_reports.append(entry)
         config_mode = sync_config_shapes(adapter)
         params_after = sum(p.numel() for p in loaded.model.parameters())
-        return {"ratio": ratio, "layers_pruned": layers, "importance": opts.importance, "aggregate": opts.aggregate,
+        units = [k for k in self.kinds if any(k in g for g in groups.values())]
+        return {"ratio": ratio, "layers_pruned": layers, "units": units, "importance": opts.importance, "aggregate": opts.aggregate,
                 "head_grouping": opts.head_grouping, "calibration_loss": loss, "params_before": params_before,
                 "params_after": params_after, "params_removed_fraction": 1 - params_after / params_before,
                 "config": config_mode, "layers": layer_reports,
@@ -212,25 +220,32 @@ class LLMPruner(WidthMethod):
 
     def _check_not_emptying(self, groups: dict, ratio: float) -> None:
         for i, g in groups.items():
-            for k in self.kinds:
+            for k in present_kinds(g, self.kinds):
                 if removal_count(g[k], ratio) >= g[k].units:
                     unit = "heads (KV groups)" if k == "heads" else "MLP channels"
                     raise ArgumentError(f"ratio {ratio:.3f} would remove every one of the {g[k].units} {unit} of layer {i}")
 
-    def _solve_ratio(self, groups: dict, total_params: int) -> float:
-        """The per-layer ratio whose removal is closest to ``param_ratio`` of all parameters."""
+    def _solve_ratio(self, groups: dict, total_params: int, has_experts: bool = False) -> float:
+        """The per-layer ratio whose removal is closest to ``param_ratio`` of all parameters (the
+        record's ``params_removed_fraction`` says what it reached); an error when even the closest
+        removes less than half of it (a model whose parameters sit mostly outside heads and MLP
+        channels: embeddings, unselected layers, routed experts)."""
         target = self.options.param_ratio * total_params
-        best = (math.inf, 0.0)
+        best = (math.inf, 0.0, 0)
         for step in range(1000):
             ratio = step / 1000
             try:
                 self._check_not_emptying(groups, ratio)
             except ArgumentError:
                 break
-            removed = sum(removal_count(g[k], ratio) * unit_params(g[k]) for g in groups.values() for k in self.kinds)
-            best = min(best, (abs(removed - target), ratio))
-        if best[1] == 0.0:
-            raise ArgumentError(f"--param-ratio {self.options.param_ratio} cannot be reached within the selected layers")
+            removed = sum(removal_count(g[k], ratio) * unit_params(g[k]) for g in groups.values()
+                          for k in present_kinds(g, self.kinds))
+            best = min(best, (abs(removed - target), ratio, removed))
+        if best[1] == 0.0 or best[2] < PARAM_RATIO_FLOOR * target:
+            elsewhere = "embeddings, unselected layers" + (" and routed experts, whose count expert-prune reduces"
+                                                           if has_experts else "")
+            raise ArgumentError(
+                f"--param-ratio {self.options.param_ratio} cannot be reached: the heads and MLP channels of the "
+                f"selected layers come closest at {best[2] / total_params:.1%} of all parameters (the rest: {elsewhere}); "
+                "ask less, or give --ratio")
         return best[1]
-
-

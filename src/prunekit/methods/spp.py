@@ -203,6 +203,10 @@ class SPP(WidthMethod):
         if opts.global_ranking and opts.head_grouping == "query" and "heads" in self.kinds and \
                 any(adapter.unit_groups(i, "query")["heads"].partition > 1 for i in layers):
             raise ArgumentError("--global-ranking with --head-grouping query cannot keep KV groups equal; use --head-grouping kv")
+        lacking = [i for i in layers if any(k not in adapter.unit_groups(i, opts.head_grouping) for k in self.kinds)]
+        if lacking:  # one path for every layer and kind: a layer of routed experts only has no channels
+            raise ArgumentError(f"spp traces heads and channels in every selected layer; layers {lacking} have no dense "
+                                "MLP channels (routed experts only): pass --units heads, or use llm-pruner")
         settings = self.settings
         stamp = fingerprint(loaded)
 

@@ -46,6 +46,23 @@ def width_layers(explicit: list[int] | None, layer_range: str, depth: int) -> li
     return list(explicit) if explicit is not None else parse_layer_range(layer_range, depth)
 
 
+def present_kinds(layer_groups: dict[str, UnitGroup], kinds: list[str]) -> list[str]:
+    """The asked ``kinds`` one layer has: a mixture-of-experts layer of routed experts only has
+    heads and no dense MLP channels."""
+    return [k for k in kinds if k in layer_groups]
+
+
+def require_kinds(groups: dict[int, dict[str, UnitGroup]], kinds: list[str]) -> None:
+    """Refuse asked unit kinds that none of the selected layers has (a mixture-of-experts model
+    whose MLPs are all routed experts has heads but no dense channels: heads alone are pruned when
+    both were asked, the default)."""
+    missing = [k for k in kinds if not any(k in g for g in groups.values())]
+    if missing and len(missing) == len(kinds):
+        what = " or ".join("dense MLP channels (its MLPs are routed experts, whose count expert-prune reduces)"
+                           if k == "channels" else "attention heads" for k in missing)
+        raise ArgumentError(f"--units {','.join(kinds)}: none of the selected layers has {what}")
+
+
 def unit_params(group: UnitGroup) -> int:
     """Parameters one unit of ``group`` carries (weights and bias entries)."""
     total = 0
@@ -80,16 +97,17 @@ def global_plan(groups: dict, scores: dict, ratio: float, kinds: list[str]) -> d
     gone as the per-layer ``ratio`` would remove in total, never emptying a layer."""
     plan = {}
     for k in kinds:
-        pool = [(float(s), i, u) for i, g in groups.items() for u, s in enumerate(scores[(i, k)])]
-        budget = sum(removal_count(g[k], ratio) for g in groups.values())
-        taken: dict[int, list[int]] = {i: [] for i in groups}
+        having = {i: g for i, g in groups.items() if k in g}
+        pool = [(float(s), i, u) for i in having for u, s in enumerate(scores[(i, k)])]
+        budget = sum(removal_count(g[k], ratio) for g in having.values())
+        taken: dict[int, list[int]] = {i: [] for i in having}
         for score, i, u in sorted(pool):
             if budget == 0:
                 break
             if len(taken[i]) < groups[i][k].units - 1:  # never empty a layer
                 taken[i].append(u)
                 budget -= 1
-        for i in groups:
+        for i in having:
             plan[(i, k)] = sorted(taken[i])
     return plan
 
@@ -121,9 +139,9 @@ def plan_removals(groups: dict, scores: dict, ratio: float, kinds: list[str], *,
         plan = global_plan(groups, scores, ratio, kinds)
     else:
         plan = {(i, k): choose_removed(groups[i][k], scores[(i, k)], removal_count(groups[i][k], ratio))
-                for i in groups for k in kinds}
+                for i in groups for k in present_kinds(groups[i], kinds)}
     if round_to > 1 and "channels" in kinds:
-        for i in groups:
+        for i in (i for i in groups if "channels" in groups[i]):
             plan[(i, "channels")] = round_kept(groups[i]["channels"], scores[(i, "channels")],
                                                plan[(i, "channels")], round_to)
     return plan

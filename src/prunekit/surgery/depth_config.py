@@ -76,6 +76,16 @@ def _first_mismatch(skeleton: list[nn.Module], layers: list[nn.Module]) -> int |
     return None
 
 
+def stock_class_builds(model: nn.Module, config: Any, layers_path: str) -> bool:
+    """Whether the model's stock class, built from ``config`` (on meta), has exactly the decoder
+    layers ``model`` has now — every parameter and buffer the same shape."""
+    skeleton = _skeleton_layers(model, config, layers_path)
+    module: nn.Module = model
+    for part in layers_path.split("."):
+        module = getattr(module, part)
+    return skeleton is not None and len(skeleton) == len(module) and _first_mismatch(skeleton, list(module)) is None
+
+
 def _as_index_list(config: Any, kept_layers: list[nn.Module]) -> dict[str, Any] | None:
     """A period that the cut broke, rewritten as the family's explicit list of dense layers."""
     if not hasattr(config, "mlp_only_layers") or not any(hasattr(config, k) for k in PERIOD_KEYS):

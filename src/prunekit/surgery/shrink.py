@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..models.adapters.base import Adapter, LinearView
+from ..models.adapters.layer_config import set_own_config_fields
 from ..models.adapters.units import UnitGroup
 
 
@@ -62,6 +63,8 @@ def remove_units(adapter: Adapter, group: UnitGroup, removed: list[int]) -> dict
         for path, value in adapter.head_attributes(shape["heads"], shape["kv_heads"]).items():
             owner, _, attr = path.rpartition(".")
             setattr(layer.get_submodule(owner) if owner else layer, attr, value)
+        for path, fields in adapter.head_config_fields(shape["heads"], shape["kv_heads"]).items():
+            set_own_config_fields(layer.get_submodule(path), fields)
     return {"removed": sorted(set(removed)), "kept": group.units - len(set(removed))}
 
 

@@ -18,9 +18,11 @@ from .gptj import GPTJAdapter
 from .granite_swa import GraniteSwaAdapter
 from .helium import HeliumAdapter
 from .llama import LlamaAdapter
+from .moe import MoeAdapter
 from .olmo2 import Olmo2Adapter
 from .opt import OPTAdapter
 from .phi import PhiAdapter
+from .phi3 import Phi3Adapter
 from .stablelm import StableLmAdapter
 from .starcoder2 import StarCoder2Adapter
 from .structural import StructuralAdapter, unprunable_reason
@@ -28,9 +30,9 @@ from .ungated import UngatedMLPAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, GemmaAdapter, CohereAdapter, Olmo2Adapter, UngatedMLPAdapter,
                                        GraniteSwaAdapter, StableLmAdapter, HeliumAdapter,
-                                       StarCoder2Adapter, PhiAdapter, GlmAdapter, GPTJAdapter,
+                                       StarCoder2Adapter, PhiAdapter, Phi3Adapter, GlmAdapter, GPTJAdapter,
                                        GPTBigCodeAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter,
-                                       GPTNeoAdapter)
+                                       GPTNeoAdapter, MoeAdapter)
 
 
 def supported_model_types() -> list[str]:

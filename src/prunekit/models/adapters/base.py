@@ -239,6 +239,13 @@ class Adapter:
         its head count after heads are removed; empty where the forward derives them from shapes."""
         return {}
 
+    def head_config_fields(self, heads: int, kv_heads: int) -> dict[str, dict[str, int]]:
+        """Config fields a layer's module reads its head count from (dotted local path of the module
+        -> fields): Phi-3's attention splits its fused q/k/v at ``config.num_attention_heads``.
+        Removing heads gives that module its own values over the shared config
+        (``layer_config.py``); empty where the forward reads module attributes or shapes."""
+        return {}
+
     def stock_shape_fields(self, heads: int, kv_heads: int, channels: int) -> dict[str, int] | None:
         """Config fields that make the stock model class build these shapes in *every* layer, or
         None when the family's config cannot express them (e.g. head_dim derived from hidden/heads)."""
