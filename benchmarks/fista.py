@@ -11,7 +11,7 @@ Evaluation: ``--eval-windows K`` windows of ``--eval-seqlen`` tokens per dataset
 test sets; C4 is capped at 256 windows by the protocol). Full sets cost ~1.5 CPU-hours per state
 here, so the default is a fixed subset, stated in the table.
 
-Run:  python benchmarks/fista.py [--states fista:50%,fista:2:4:none,sparsegpt:2:4,...] [--eval-windows 16] [--nsamples 128]
+Run:  python benchmarks/fista.py [--states fista:50%,fista:2:4:none,sparsegpt:2:4,...] [--redo] [--eval-windows 16] [--nsamples 128]
 Writes benchmarks/results/fista.json and fista.md.
 """
 
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--eval-seqlen", type=int, default=2048)
     parser.add_argument("--states", help="comma list of method:target[:option values], e.g. fista:50%%:none "
                                          "(default: all, in the order of STATES)")
+    parser.add_argument("--redo", action="store_true", help="measure the chosen states again even if stored")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -122,7 +123,7 @@ def main() -> None:
             key = f"{name}|{_label(method, options)}|{target}|" + ("" if method in ("dense", "magnitude") else suffix)
             if method in ("dense", "magnitude"):
                 key += f"eval{args.eval_windows}x{args.eval_seqlen}"
-            if key in results:
+            if key in results and not args.redo:
                 continue
             child = json.dumps([str(model_dir), method, target, options])
             proc = subprocess.run([sys.executable, __file__, "--nsamples", str(args.nsamples), "--calib-seqlen",

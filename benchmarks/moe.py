@@ -1,4 +1,5 @@
-"""Mixture-of-experts at a real model's layer shapes: expert pruning 25% / 50% and Wanda 50% on the experts.
+"""Mixture-of-experts at a real model's layer shapes: expert pruning 25% / 50%, Wanda 50% on the experts, and
+LLM-Pruner removing a quarter of the attention heads beside them.
 
 No MoE checkpoint is reachable from this machine (no model hub), so the model is built from
 transformers' own ``Qwen3MoeConfig`` with Qwen3-30B-A3B's per-layer shapes — hidden 2048, 32 query
@@ -39,7 +40,9 @@ SHAPE = dict(hidden_size=2048, num_attention_heads=32, num_key_value_heads=4, he
 CALIBRATION = {"corpus": "c4", "nsamples": 32, "seqlen": 512}
 RUNS = {"expert-prune 25%": ("expert-prune", {"remove_fraction": 0.25, "criterion": "reap"}),
         "expert-prune 50%": ("expert-prune", {"remove_fraction": 0.5, "criterion": "reap"}),
-        "wanda 50%": ("wanda", {"sparsity": 0.5})}
+        "wanda 50%": ("wanda", {"sparsity": 0.5}),
+        # width beside the experts: a quarter of each layer's KV groups (with their query heads), Taylor importance
+        "llm-pruner heads 25%": ("llm-pruner", {"ratio": 0.25, "layer_range": "0:2"})}
 
 
 def _tokenizer():
@@ -103,6 +106,10 @@ def measure(name: str, dense: Path, ids: torch.Tensor) -> dict:
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     if method == "expert-prune":
         row["experts_before"] = record["experts"]["experts_before"]
+    elif method == "llm-pruner":
+        width = record["width"]
+        row.update(heads_before=SHAPE["num_attention_heads"], heads_after=plain.config.num_attention_heads,
+                   kv_heads_after=plain.config.num_key_value_heads, config=width["config"], units=width["units"])
     else:
         modules = [(n, m) for layer in record["layers"] for n, m in layer["modules"].items()]
         experts = [m for n, m in modules if ".experts." in n]
@@ -117,15 +124,20 @@ def write_markdown(results: dict) -> None:
     rows = []
     for name, r in results["runs"].items():
         experts = f"{r.get('experts_before', r['experts_after'])} → {r['experts_after']}"
-        detail = (f"{r['expert_matrices']} expert matrices at exactly 50%: {'yes' if r['expert_sparsity_exact'] else 'NO'}; "
-                  f"{r['experts_without_tokens']} with no routed token (magnitude fallback)"
-                  if "expert_matrices" in r else f"top-k {r['top_k']}")
+        if "expert_matrices" in r:
+            detail = (f"{r['expert_matrices']} expert matrices at exactly 50%: {'yes' if r['expert_sparsity_exact'] else 'NO'}; "
+                      f"{r['experts_without_tokens']} with no routed token (magnitude fallback)")
+        elif "heads_after" in r:
+            detail = (f"heads {r['heads_before']} → {r['heads_after']} per layer ({r['kv_heads_after']} KV), "
+                      f"units pruned: {', '.join(r['units'])}; {r['config']} config fields; experts untouched")
+        else:
+            detail = f"top-k {r['top_k']}"
         rows.append([name, f"{r['params_before'] / 1e9:.3f} B", f"{r['params_after'] / 1e9:.3f} B",
                      f"{1 - r['params_after'] / r['params_before']:.1%}", experts, f"{r['prune_s']:.0f}",
                      f"{r['peak_rss_mb']}", f"{r['reload_max_abs_diff']:.1e}", detail])
     shape = results["shape"]
     text = (
-        "# Mixture-of-experts: expert pruning and Wanda on a Qwen3-30B-A3B-shaped model\n\n"
+        "# Mixture-of-experts: expert pruning, Wanda and head pruning on a Qwen3-30B-A3B-shaped model\n\n"
         f"transformers `Qwen3MoeConfig` with Qwen3-30B-A3B's layer shapes (hidden {shape['hidden_size']}, "
         f"{shape['num_attention_heads']}/{shape['num_key_value_heads']} heads of {shape['head_dim']}, "
         f"{shape['num_experts']} experts of width {shape['moe_intermediate_size']}, top-{shape['num_experts_per_tok']}), "

@@ -40,7 +40,7 @@ from prunekit.data import evaluation_windows, resolve_data_root
 from prunekit.eval.perplexity import perplexity
 from prunekit.models.loading import LoadedModel
 from prunekit.report import line_plot
-from prunekit.solution_path import materialize, plot_path
+from prunekit.methods.solution_path import materialize, plot_path
 
 from common import copy_model, RESULTS, SHARED_MODELS, load_results, markdown_table, store_results
 
@@ -100,7 +100,7 @@ def mixed_cuts(dense: LoadedModel, path: dict, calibration, ppl) -> dict:
 
     from prunekit.data.windows import calibration_windows
     from prunekit.methods.llm_pruner import input_sqnorms, member_scores
-    from prunekit.solution_path import unit_scores
+    from prunekit.methods.solution_path import unit_scores
 
     layers = [int(i) for i in path["layers"]]
     ids = calibration_windows(dense.tokenizer, calibration.corpus, nsamples=calibration.nsamples,

@@ -22,8 +22,8 @@ import prunekit
 from prunekit.data import resolve_data_root
 from prunekit.eval.icl import DEFAULT_SHOTS, evaluate_icl, load_icl_task
 from prunekit.report import line_plot
-from prunekit.selection import parse_layers, parse_modules, view_selector
-from prunekit.svd_search import PAPER_GRID, ClippableSet
+from prunekit.methods.selection import parse_layers, parse_modules, view_selector
+from prunekit.methods.svd_search import PAPER_GRID, ClippableSet
 
 from common import RESULTS, SHARED_MODELS, load_results, markdown_table, store_results
 

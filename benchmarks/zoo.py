@@ -4,7 +4,8 @@ For each model type in the installed transformers' causal-LM mapping, ``prunekit
 tiny random model from its config class (``prunekit/models/tiny.py``: 3 layers, width 64, 4 heads
 / 2 KV heads of 16, 4 experts top-2 for MoE, the shared tokenizer's vocabulary) and runs each
 capability on a fresh copy: perplexity; magnitude, Wanda and SparseGPT at 50% and SparseGPT 2:4;
-ShortGPT removing one layer; LLM-Pruner 25%; expert pruning (MoE); streamed Wanda. Each pruned
+ShortGPT removing one layer; LLM-Pruner removing half of every layer's heads (KV groups) and MLP
+channels; expert pruning (MoE); streamed Wanda. Each pruned
 model is saved, reloaded with plain transformers and compared with the in-memory pruned model
 (logits within 1e-4); mask methods are checked for their exact fraction / 2:4 validity. Random
 weights say nothing about quality.
@@ -62,7 +63,7 @@ def _cell(value: str | None) -> str:
 
 
 def write_table(results: dict) -> None:
-    from prunekit.zoo import CAPABILITIES
+    from prunekit.zoo import CAPABILITIES, WIDTH
 
     rows = results.get("rows", {})
     tested = {t: r["capabilities"] for t, r in rows.items() if "capabilities" in r}
@@ -80,8 +81,8 @@ def write_table(results: dict) -> None:
              "weights: this proves plumbing, not quality.", "",
              "Command: `python benchmarks/zoo.py` (writes this file from `zoo.json`).", "",
              f"Totals: {len(tested)} decoder-only types tested, {len(excluded)} not decoder-only text models. "
-             f"Every mask method and depth removal: **{len(every_mask_and_depth)}** types; LLM-Pruner 25%: "
-             f"**{passes['llm-pruner 25%']}**; MoE types with expert pruning: **{len(moe_pass)} of {len(moe)}**; "
+             f"Every mask method and depth removal: **{len(every_mask_and_depth)}** types; LLM-Pruner (half the units): "
+             f"**{passes[WIDTH]}**; MoE types with expert pruning: **{len(moe_pass)} of {len(moe)}**; "
              f"streamed Wanda: **{passes['stream wanda 50%']}**.", "",
              markdown_table(["capability", "types passing"], [[c, f"{passes[c]} / {len(tested)}"] for c in CAPABILITIES]),
              markdown_table(["model type", *CAPABILITIES],
@@ -89,7 +90,7 @@ def write_table(results: dict) -> None:
              "Not in the zoo (not decoder-only text models):", "",
              markdown_table(["model type", "reason"], [[t, r.replace("|", "\\|")] for t, r in sorted(excluded.items())])]
     (RESULTS / "zoo.md").write_text("\n".join(lines))
-    width = sorted(t for t, caps in tested.items() if caps.get("llm-pruner 25%") is None)
+    width = sorted(t for t, caps in tested.items() if caps.get(WIDTH) is None)
     summary = [f"Measured by `python benchmarks/zoo.py` on transformers {results.get('transformers')} (tiny random "
                f"models of every causal-LM type; full matrix in `benchmarks/results/zoo.md`): **{len(tested)}** "
                f"decoder-only types tested.", "",

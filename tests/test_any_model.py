@@ -72,7 +72,7 @@ def _metadata_only_gguf(directory, architecture: str):
 
 
 @pytest.mark.parametrize("architecture,method,message", [
-    ("bloom", ["llm-pruner", "--param-ratio", "0.2"], "'bloom' has none"),
+    ("minimax_m2", ["llm-pruner", "--param-ratio", "0.2"], "'minimax_m2' has none"),
     ("rwkv7", ["magnitude", "--sparsity", "0.5"], "architecture rwkv7 is not supported")])
 def test_prune_refuses_from_the_gguf_metadata_before_converting(tmp_path, capsys, monkeypatch, architecture, method,
                                                                 message):

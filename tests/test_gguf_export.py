@@ -89,6 +89,25 @@ def test_architecture_refusals_name_the_reason():
     assert plan["per_layer"] and plan["architecture"] == "LlamaForCausalLM"
 
 
+def test_gemma_attention_scale_llamacpp_would_get_wrong_is_refused():
+    """llama.cpp reads Gemma-3's attention scale off the layer count (62 = 27B); Gemma-3 27B's shapes
+    (hidden 5376, 32 heads of 128, query_pre_attn_scalar 168) export whole, not cut to 54 layers or
+    with 24 heads; a 1B-shaped model (head_dim = query_pre_attn_scalar = 256) exports at any depth but 62."""
+    gemma3 = {"Gemma3ForCausalLM"}
+    big = {"architectures": ["Gemma3ForCausalLM"], "hidden_size": 5376, "num_attention_heads": 32, "head_dim": 128,
+           "query_pre_attn_scalar": 168}
+    plan_export({**big, "num_hidden_layers": 62}, gemma3)
+    for cut in ({"num_hidden_layers": 54}, {"num_hidden_layers": 62, "num_attention_heads": 24}):
+        with pytest.raises(UnsupportedArchitectureError, match=r"1/sqrt\(\d+\) but transformers by 1/sqrt\(168\)"):
+            plan_export({**big, **cut}, gemma3)
+    small = {"architectures": ["Gemma3ForCausalLM"], "hidden_size": 1152, "num_attention_heads": 4, "head_dim": 256,
+             "query_pre_attn_scalar": 256}
+    for layers in (26, 20):
+        plan_export({**small, "num_hidden_layers": layers}, gemma3)
+    with pytest.raises(UnsupportedArchitectureError, match=r"1/sqrt\(288\)"):  # 62 layers: the 27B rule
+        plan_export({**small, "num_hidden_layers": 62}, gemma3)
+
+
 def test_missing_llamacpp_build_is_one_line(tmp_path, tiny_model_dir, monkeypatch):
     import importlib.metadata
 

@@ -226,17 +226,22 @@ def test_product_key_fractions_that_remove_no_key_or_too_many_are_refused():
         check_expert_pruning(config, 0.9)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_moe", "mixtral", "olmoe", "gpt_oss"])
+# the first layer's dense MLP, where it has one: Qwen2-MoE's shared expert, DeepSeek's leading dense layer
+FIRST_LAYER_CHANNELS = {"qwen2_moe": True, "mixtral": False, "olmoe": False, "gpt_oss": False, "deepseek_v3": True}
+
+
+@pytest.mark.parametrize("model_type", sorted(FIRST_LAYER_CHANNELS))
 def test_moe_head_and_shared_expert_cuts_equal_zeroing_them(model_type, tokenizer):
-    """Width units of a MoE layer — KV groups (with OLMoE's full-width q/k norm entries and
-    GPT-OSS's sinks) and, where the layer has one, the shared expert's channels — cut out compute
-    what zeroing their share of o / down computes; routed experts keep their width."""
+    """Width units of a MoE model's layer — KV groups (with OLMoE's full-width q/k norm entries and
+    GPT-OSS's sinks; DeepSeek's latent-attention heads: q_b and kv_b rows, o columns) and, where the
+    layer has one, its dense or shared-expert MLP channels — cut out compute what zeroing their share
+    of o / down computes; routed experts keep their width."""
     from prunekit.surgery.shrink import remove_units
 
     zeroed, shrunk = _loaded(model_type, tokenizer), _loaded(model_type, tokenizer)
     shrunk.model.load_state_dict(zeroed.model.state_dict())
     groups = zeroed.adapter.unit_groups(0)
-    assert ("channels" in groups) == (model_type == "qwen2_moe")  # Qwen2-MoE's shared expert; the others: experts only
+    assert ("channels" in groups) == FIRST_LAYER_CHANNELS[model_type]
     removed = {"heads": [1], "channels": [0, 5, 17]}
     with torch.no_grad():
         for kind, group in groups.items():
@@ -257,7 +262,8 @@ def test_moe_head_and_shared_expert_cuts_equal_zeroing_them(model_type, tokenize
     assert shape["channels"] == before["channels"] - (3 if "channels" in groups else 0)
 
 
-@pytest.mark.parametrize("model_type,mode", [("mixtral", "stock"), ("qwen2_moe", "per-layer"), ("olmoe", "per-layer")])
+@pytest.mark.parametrize("model_type,mode", [("mixtral", "stock"), ("qwen2_moe", "per-layer"), ("olmoe", "per-layer"),
+                                             ("deepseek_v3", "per-layer")])
 def test_llm_pruner_on_moe_reloads_with_identical_logits(model_type, mode, tokenizer, data_root, tmp_path):
     import prunekit
     from transformers import AutoModelForCausalLM
@@ -268,7 +274,7 @@ def test_llm_pruner_on_moe_reloads_with_identical_logits(model_type, mode, token
                             data_root=data_root, progress=False)
     width = record["width"]
     assert width["config"] == mode
-    assert width["units"] == (["heads", "channels"] if model_type == "qwen2_moe" else ["heads"])
+    assert width["units"] == (["heads", "channels"] if model_type in ("qwen2_moe", "deepseek_v3") else ["heads"])
     assert {n: tuple(p.shape) for n, p in lm.model.named_parameters() if ".experts." in n} == experts_before
     prunekit.save(lm, tmp_path / "out", record=prunekit.build_record(lm, [record]), report=False)
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=mode == "per-layer").eval()

@@ -193,3 +193,42 @@ def test_freed_activation_buffers_are_reused_without_page_faults():
     for _ in range(10):
         torch.empty(6_000_000).fill_(1.0)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000
+
+
+def test_blocked_triangular_inverse_equals_the_solve():
+    from prunekit.methods.sparsegpt import TRIANGULAR_INVERSE_SPLIT, lower_triangular_inverse
+
+    for n in (7, TRIANGULAR_INVERSE_SPLIT + 300, 2 * TRIANGULAR_INVERSE_SPLIT + 1):  # direct; one split; two levels
+        x = torch.randn(n + 50, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+        lower = torch.linalg.cholesky(x.t() @ x + torch.eye(n, dtype=torch.float64))
+        inverse = lower_triangular_inverse(lower)
+        assert torch.equal(inverse, inverse.tril())
+        expected = torch.linalg.solve_triangular(lower, torch.eye(n, dtype=torch.float64), upper=False)
+        assert torch.allclose(inverse, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_replaced_weights_leave_no_copy_resident(tmp_path):
+    """Rewriting every decoder weight of a memory-mapped checkpoint costs no resident memory: the new
+    weights take the place of the mapped pages, which are handed back (``release_pages``)."""
+    from pathlib import Path
+
+    import transformers as tf
+
+    def resident_mb() -> float:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+    config = tf.LlamaConfig(hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8,
+                            num_key_value_heads=8, vocab_size=256)
+    tf.LlamaForCausalLM(config).save_pretrained(tmp_path)  # 12.6 M decoder weights, 50 MB in float32
+    model = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    from prunekit.models.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    views = [view for index in range(adapter.num_layers()) for view in adapter.linears(index)]
+    for view in views:
+        float(view.weight.sum())  # read: the mapped pages become resident, as in a forward
+    before = resident_mb()
+    for view in views:
+        view.set_weight(view.weight * 0.5)
+    assert resident_mb() - before < 15  # without the hand-back the old pages stay mapped beside the new: +87 MB

@@ -11,11 +11,11 @@ from prunekit.capture.layerwise import layerwise
 from prunekit.capture.unit_quadratics import UnitQuadraticCapture
 from prunekit.cli import main
 from prunekit.errors import ArgumentError, DataError
-from prunekit.lbi import LBISettings, largest_eigenvalue, linearized_bregman
+from prunekit.methods.lbi import LBISettings, largest_eigenvalue, linearized_bregman
 from prunekit.methods.llm_pruner import member_scores
 from prunekit.methods.ria import ria_scores
 from prunekit.recipe import CalibrationSettings
-from prunekit.solution_path import read_path
+from prunekit.methods.solution_path import read_path
 
 from test_cli import only_error_line
 
@@ -234,7 +234,7 @@ def test_resumed_recipe_keeps_the_path(tiny_model_dir, data_root, tmp_path):
 def test_a_path_cut_short_by_the_step_cap_says_so():
     """A stiff layer whose automatic α is tiny hits the step cap before the horizon: the result
     says so (SPP warns and records it), while an ordinary layer reaches the horizon or enters all."""
-    from prunekit.lbi import LBISettings, linearized_bregman
+    from prunekit.methods.lbi import LBISettings, linearized_bregman
 
     ones = torch.ones(4, dtype=torch.float64)
     stiff = torch.eye(4, dtype=torch.float64) * 1e6

@@ -17,7 +17,7 @@ from prunekit.data.tasks import content_key, load_task_data
 from prunekit.errors import ArgumentError, DataError, PrunekitError
 from prunekit.eval.icl import IclTask, Template, evaluate_icl, load_icl_task, sample_demonstrations
 from prunekit.eval.loglik import Request, continuation_logliks
-from prunekit.selection import parse_layers, parse_modules
+from prunekit.methods.selection import parse_layers, parse_modules
 from prunekit.surgery.lowrank import FactoredLinear, Spectrum, kept_rank
 
 from conftest import TINY_FAMILIES

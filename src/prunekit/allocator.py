@@ -1,4 +1,4 @@
-"""Keep freed memory in the process, so repeated forwards do not fault their buffers in afresh.
+"""Memory the process holds: freed buffers kept for reuse, and the pages of replaced weights let go.
 
 PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves blocks above its mmap
 threshold (128 KB, raised dynamically up to 32 MB) with fresh ``mmap`` calls and returns them, and
@@ -15,6 +15,15 @@ process's allocator, once: large blocks come from the heap and freed memory is k
 so the resident size stays at its high-water mark after a pass instead of shrinking. Set
 ``PRUNEKIT_RETAIN_FREED_MEMORY=0`` to leave the allocator as it is. Other C libraries than
 glibc are left alone.
+
+:func:`release_pages` is for weights prunekit replaces. A loaded checkpoint's weights are pages of
+its memory-mapped safetensors: writing into one copies it page by page on first touch (7.5 ms for
+a 576 x 1536 float32 matrix here), while a new tensor leaves the old pages resident beside it until
+the whole file is unmapped (+330 MB peak for SmolLM2, +1.5 GB for a 1.07B model, measured). So a
+rewritten weight goes to new memory and the old tensor's pages are handed back with
+``madvise(MADV_PAGEOUT)``, which keeps their contents (a clean file page is simply re-read if
+anything touches it again, an anonymous one stays or is swapped): for SmolLM2's 210 matrices
+195 ms in all instead of ~1.3 s of copy-on-write faults, with the same resident size.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ import os
 import platform
 
 log = logging.getLogger(__name__)
+
+_MADV_PAGEOUT = 21  # madvise(2), Linux 5.4+
+_PAGE = 4096
 
 # mallopt(3) parameters
 _M_TRIM_THRESHOLD = -1
@@ -52,3 +64,32 @@ def retain_freed_memory() -> bool:
     _applied = all(libc.mallopt(parameter, ctypes.c_int(value)) == 1 for parameter, value in _SETTINGS)
     log.debug("glibc allocator %s", "keeps freed memory" if _applied else "could not be tuned")
     return _applied
+
+
+_libc = None
+
+
+def _c_library():
+    global _libc
+    if _libc is None:
+        _libc = False
+        if platform.system() == "Linux":
+            try:
+                _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+                _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            except OSError:
+                _libc = False
+    return _libc
+
+
+def release_pages(tensor) -> None:
+    """Let the kernel reclaim the whole pages of a CPU tensor that is being replaced (see the module
+    doc): its contents stay what they were, so this is safe even if something still reads it."""
+    libc = _c_library()
+    if not libc or tensor.device.type != "cpu" or tensor.numel() == 0:
+        return
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first, last = -(-start // _PAGE) * _PAGE, end // _PAGE * _PAGE  # only pages the tensor fills alone
+    if last > first:
+        libc.madvise(first, last - first, _MADV_PAGEOUT)  # unsupported (old kernel): nothing happens

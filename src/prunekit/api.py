@@ -32,7 +32,7 @@ from .models.loading import LoadedModel, load_model
 from .pipeline import WalkInputs, is_streamable, run_depth, run_layers, run_width
 from .recipe import CalibrationSettings, Step
 from .recovery import KdSettings, LoraSettings, recover_kd, recover_lora
-from .selection import parse_layers, parse_modules, parse_roles, view_selector
+from .methods.selection import parse_layers, parse_modules, parse_roles, view_selector
 from .sparsity import check_nm, parse_pattern, validate_nm_width, zero_fraction
 from .parallel import check_workers
 
@@ -207,7 +207,8 @@ def require_method_support(adapter_cls: type, method_cls, config: Any, streaming
             f"'{model_type}' has none (family adapters: {', '.join(supported_model_types())}) and is served by the "
             "structural fallback: mask methods and depth removal only")
     if streaming and not adapter_cls.streamable:
-        served_by = ("the mixture-of-experts adapter" if adapter_cls.family == "moe" else "the structural fallback")
+        served_by = ("the structural fallback" if adapter_cls.family == "structural"
+                     else f"the '{adapter_cls.family}' adapter, built on the structural probe,")
         raise UnsupportedArchitectureError(
             f"--stream needs the maps of a layer without running the model: model type '{model_type}' is served by "
             f"{served_by}, which finds its maps (and experts) by running the whole model once")
@@ -386,7 +387,7 @@ def materialize(path: str | os.PathLike | dict, sparsity: float, *, model: str |
     the shrunk model and its step record for ``prunekit.json``.
     """
     from .methods.unit_plan import validate_round_to
-    from .solution_path import check_model, check_sparsity as check_path_sparsity, materialize as cut, read_path
+    from .methods.solution_path import check_model, check_sparsity as check_path_sparsity, materialize as cut, read_path
 
     started = time.perf_counter()
     validate_round_to(round_to)
@@ -496,10 +497,10 @@ def search_svd(loaded: LoadedModel, task: str, *, shots: int | None = None, modu
                top_k: int = 2, deeper_half: bool = False, seed: int = 0, validation_limit: int | None = None,
                test_limit: int | None = None, greedy_layers: bool = False, validation_size: int = 256,
                templates: dict | None = None, data_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """The validated ξ search (see :mod:`prunekit.svd_search`); the chosen clipping stays applied."""
+    """The validated ξ search (see :mod:`prunekit.methods.svd_search`); the chosen clipping stays applied."""
     from .eval.icl import load_icl_task, shots_for
     from .methods.svd import SvdClip, SvdOptions
-    from .svd_search import PAPER_GRID, search_clipping_rate
+    from .methods.svd_search import PAPER_GRID, search_clipping_rate
 
     adapter = loaded.adapter
     options = SvdOptions(modules=modules, select=select, top_k=top_k, deeper_half=deeper_half)

@@ -440,7 +440,7 @@ def _check_allocation_file(args, step: Step, options) -> None:
     from .methods.allocation import check_allocation_layers
     from .models.adapters.generic import config_layer_count
     from .models.loading import peek_config
-    from .selection import parse_layers
+    from .methods.selection import parse_layers
 
     if getattr(options, "allocation", "uniform") in ("uniform", "owl"):
         return

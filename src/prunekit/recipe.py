@@ -271,7 +271,7 @@ def check_recipe_targets(recipe: Recipe, adapter) -> None:
     """With the model's adapter, before any work: every layer selection is in range for the depth
     the model will have when the step runs (earlier depth steps remove layers), and every role
     exists in this family."""
-    from .selection import parse_layers, parse_roles
+    from .methods.selection import parse_layers, parse_roles
 
     depth = adapter.num_layers()
     for number, item in enumerate(recipe.steps, 1):

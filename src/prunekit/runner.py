@@ -126,7 +126,7 @@ def run_recipe(recipe: Recipe, model: str, out: str | Path, *, resume: bool = Fa
 
 def _reattach_artifacts(lm: LoadedModel, checkpoint: Path) -> None:
     """Files an earlier step saved beside the model (SPP's path.json) travel on to the final output."""
-    from .solution_path import FILE, PathArtifact, read_path
+    from .methods.solution_path import FILE, PathArtifact, read_path
 
     if (checkpoint / FILE).is_file():
         lm.artifacts["spp_path"] = PathArtifact(read_path(checkpoint))

@@ -21,8 +21,11 @@ import torch
 from .models.adapters.experts import expert_count
 from .models.tiny import causal_lm_types, sub_configs, tiny_config, tiny_model
 
+# width: half of the heads (KV groups) and MLP channels of every layer — a fraction of units, not of all
+# parameters, which a tiny model's 49,152-row embedding would swamp (its layers hold a few percent of them)
+WIDTH = "llm-pruner 50% units"
 CAPABILITIES = ("ppl", "magnitude 50%", "wanda 50%", "sparsegpt 50%", "sparsegpt 2:4", "shortgpt -1",
-                "llm-pruner 25%", "expert-prune 50%", "stream wanda 50%")
+                WIDTH, "expert-prune 50%", "stream wanda 50%")
 LOGIT_TOLERANCE = 1e-4
 CALIBRATION = {"corpus": "c4", "nsamples": 4, "seqlen": 32}
 
@@ -149,7 +152,7 @@ def _capability_holds(model_type: str, capability: str, tokenizer, data_root, ca
         return
     if capability == "expert-prune 50%" and expert_count(lm.model.config) is None:
         raise _Verdict("n/a (dense model)")
-    method, options = _method_options(capability, moe=expert_count(lm.model.config) is not None)
+    method, options = _method_options(capability)
     before = lm.adapter.num_layers()
     if method == "expert-prune":
         from .methods.expert_prune import expert_survivors
@@ -158,6 +161,8 @@ def _capability_holds(model_type: str, capability: str, tokenizer, data_root, ca
     record = api.prune(lm, method, progress=False, calibration=calibration, data_root=data_root, **options)
     if method == "shortgpt":
         _removes_one_layer(lm, before)
+    if method == "llm-pruner" and not record["width"]["params_after"] < record["width"]["params_before"]:
+        raise AssertionError("no unit was removed")
     if method == "expert-prune" and record["experts"]["experts_after"] != experts_expected:
         raise AssertionError(f"experts {record['experts']['experts_before']} -> {record['experts']['experts_after']}")
     if "sparsity" in record and record["sparsity"].get("pruned_matrices") is not None:
@@ -166,14 +171,12 @@ def _capability_holds(model_type: str, capability: str, tokenizer, data_root, ca
     _reload_matches(lm, tmp / "out")
 
 
-def _method_options(capability: str, moe: bool = False) -> tuple[str, dict[str, Any]]:
+def _method_options(capability: str) -> tuple[str, dict[str, Any]]:
     name, _, amount = capability.partition(" ")
     if name == "shortgpt":
         return "shortgpt", {"remove_layers": 1}
     if name == "llm-pruner":
-        # a MoE model's routed experts hold most of its parameters and keep their width: half of
-        # the heads (KV groups) and of any dense / shared-expert MLP channels in every layer instead
-        return "llm-pruner", {"ratio": 0.5, "layer_range": "0:1.0"} if moe else {"param_ratio": 0.25}
+        return "llm-pruner", {"ratio": 0.5, "layer_range": "0:1.0"}
     if name == "expert-prune":
         return "expert-prune", {"remove_fraction": 0.5}
     if amount == "2:4":

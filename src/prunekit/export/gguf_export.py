@@ -85,7 +85,33 @@ def plan_export(config: dict, architectures: set[str]) -> dict:
             f"architecture for it reads one head_count / feed_forward_length for all layers, so GGUF cannot "
             f"express it (per-layer arrays are written for {', '.join(PER_LAYER_ARCHITECTURES)} only); prune with "
             "the same width in every layer to export it")
+    check_llamacpp_attention_scale(text or config, arch)
     return {"architecture": arch, "per_layer": per_layer, "factored": bool(config.get(FACTORED_KEY))}
+
+
+# llama.cpp does not read Gemma-2/3's query_pre_attn_scalar: it scales queries by 1/sqrt(hidden / heads) when
+# the layer count says 27B (Gemma-2 27B: 46 layers, Gemma-3 27B: 62) and by 1/sqrt(head_dim) otherwise
+LLAMACPP_GEMMA_27B_LAYERS = {"Gemma2ForCausalLM": 46, "Gemma3ForCausalLM": 62, "Gemma3ForConditionalGeneration": 62}
+GEMMA_DEFAULT_QUERY_SCALAR = 256  # transformers' Gemma2Config / Gemma3TextConfig default
+
+
+def check_llamacpp_attention_scale(fields: dict, arch: str) -> None:
+    """Refuse a Gemma-2/3 checkpoint whose attention scale llama.cpp would get wrong: its graph infers
+    the scale from the model size, which it reads off the layer count — so a depth-cut 27B (or one
+    whose heads were thinned) would run with another scale than transformers', and different logits."""
+    size_layers = LLAMACPP_GEMMA_27B_LAYERS.get(arch)
+    if size_layers is None:
+        return
+    layers, hidden, heads = fields["num_hidden_layers"], fields["hidden_size"], fields["num_attention_heads"]
+    head_dim = fields.get("head_dim") or hidden // heads
+    wanted = fields.get("query_pre_attn_scalar", GEMMA_DEFAULT_QUERY_SCALAR)
+    used = hidden // heads if layers == size_layers else head_dim
+    if used != wanted:
+        raise UnsupportedArchitectureError(
+            f"llama.cpp would scale this {arch}'s queries by 1/sqrt({used}) but transformers by 1/sqrt({wanted}) "
+            f"(query_pre_attn_scalar): llama.cpp infers the scale from the layer count ({size_layers} layers = 27B: "
+            f"1/sqrt(hidden_size / heads); otherwise 1/sqrt(head_dim)), and this checkpoint has {layers} layers, "
+            f"{heads} heads, head_dim {head_dim}; its GGUF would compute other logits, so it is not written")
 
 
 IMATRIX_FROM_CALIBRATION = "calibration"

@@ -173,7 +173,7 @@ class LLMPruner(WidthMethod):
         layers = width_layers(self.explicit_layers, opts.layer_range, adapter.num_layers())
         groups = {i: adapter.unit_groups(i, opts.head_grouping) for i in layers}
         require_kinds(groups, self.kinds)
-        if opts.global_ranking and opts.head_grouping == "query" and any(g["heads"].partition > 1 for g in groups.values()):
+        if opts.global_ranking and opts.head_grouping == "query" and any("heads" in g and g["heads"].partition > 1 for g in groups.values()):
             raise ArgumentError("--global-ranking with --head-grouping query cannot keep KV groups equal; use --head-grouping kv")
         params_before = sum(p.numel() for p in loaded.model.parameters())
         ratio = opts.ratio if opts.ratio is not None else self._solve_ratio(

@@ -61,14 +61,36 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, where: str) -
         tried.append(damp)
         lower, info = torch.linalg.cholesky_ex(reversed_hessian + damp * mean_diag * eye)
         if int(info) == 0:
-            upper = torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
-            if torch.isfinite(upper).all():
+            upper = lower_triangular_inverse(lower).flip(0, 1)
+            if torch.isfinite(upper.sum()):  # one pass; a sum that overflows asks for more damping too
                 if attempt:
                     log.warning("%s: Hessian needed damping %.3g (asked %.3g)", where, damp, percdamp)
                 return upper, damp
         damp = max(damp * 10, 0.01)
     raise NumericalError(f"{where}: the Hessian is not positive definite even with damping {tried[-1]:.3g} "
                          f"(tried {', '.join(f'{d:.3g}' for d in tried)})")
+
+
+# below this order one triangular solve against the identity is fastest; above it two halves and a product
+# (1536: 18.6 -> 9.1 ms here)
+TRIANGULAR_INVERSE_SPLIT = 1024
+
+
+def lower_triangular_inverse(lower: torch.Tensor) -> torch.Tensor:
+    """``L⁻¹`` of a lower-triangular ``L``, by blocks for large orders:
+    ``[[A, 0], [B, C]]⁻¹ = [[A⁻¹, 0], [−C⁻¹ B A⁻¹, C⁻¹]]`` — two half-size inverses and two products
+    instead of a solve against the full identity, which LAPACK's solver does not know is triangular."""
+    n = lower.shape[0]
+    if n < TRIANGULAR_INVERSE_SPLIT:
+        eye = torch.eye(n, dtype=lower.dtype, device=lower.device)
+        return torch.linalg.solve_triangular(lower, eye, upper=False)
+    half = n // 2
+    top, bottom = lower_triangular_inverse(lower[:half, :half]), lower_triangular_inverse(lower[half:, half:])
+    inverse = torch.zeros_like(lower)
+    inverse[:half, :half] = top
+    inverse[half:, half:] = bottom
+    inverse[half:, :half] = -(bottom @ (lower[half:, :half] @ top))
+    return inverse
 
 
 def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, tokens: int, *, fraction: float | None,

@@ -15,7 +15,7 @@ What exactly runs (the paper leaves the LLM coupling open; these are our choices
   (:mod:`prunekit.capture.unit_quadratics`): the MLP loss is quadratic in the channel masks; a
   head's QK mask interpolates between its attention and uniform attention (exact at 0 and 1).
   Weights are never updated.
-- **Iteration.** :func:`prunekit.lbi.linearized_bregman` from ``m = 1``, ``Γ = V = 0`` with
+- **Iteration.** :func:`prunekit.methods.lbi.linearized_bregman` from ``m = 1``, ``Γ = V = 0`` with
   κ, ν, α (default min(1/(L + 1/ν), horizon/iterations)), heavy-ball momentum, over the same time
   horizon in every layer (default 80·ν; a layer with a large curvature runs more, smaller steps)
   and stopping once every unit has entered; entry times are interpolated within a step.
@@ -48,7 +48,7 @@ from ..capture.layerwise import layerwise
 from ..capture.statistics import collect_statistics
 from ..capture.unit_quadratics import UnitQuadratic, UnitQuadraticCapture
 from ..errors import ArgumentError
-from ..lbi import LBISettings, PathResult, largest_eigenvalue, linearized_bregman
+from .lbi import LBISettings, PathResult, largest_eigenvalue, linearized_bregman
 from ..models.adapters.units import UnitGroup
 from .base import WidthMethod, register
 from .llm_pruner import member_scores
@@ -195,18 +195,21 @@ class SPP(WidthMethod):
 
     def search(self, loaded, calib_ids, *, progress: bool) -> dict:
         """Trace the path of every selected layer on the dense model; the ``path.json`` content."""
-        from ..solution_path import FORMAT, fingerprint
+        from .solution_path import FORMAT, fingerprint
 
         adapter = loaded.adapter
         opts = self.options
         layers = width_layers(self.explicit_layers, opts.layer_range, adapter.num_layers())
+        lacking = {k: [i for i in layers if k not in adapter.unit_groups(i, opts.head_grouping)] for k in self.kinds}
+        lacking = {k: v for k, v in lacking.items() if v}
+        if lacking:  # one path for every layer and kind (a MoE layer of routed experts only has no channels)
+            what = "; ".join(f"layers {v} have no {'dense MLP channels' if k == 'channels' else 'removable heads'}"
+                             for k, v in lacking.items())
+            raise ArgumentError(f"spp traces every --units kind in every selected layer: {what}; "
+                                "pass --units with the kinds they have, or use llm-pruner")
         if opts.global_ranking and opts.head_grouping == "query" and "heads" in self.kinds and \
                 any(adapter.unit_groups(i, "query")["heads"].partition > 1 for i in layers):
             raise ArgumentError("--global-ranking with --head-grouping query cannot keep KV groups equal; use --head-grouping kv")
-        lacking = [i for i in layers if any(k not in adapter.unit_groups(i, opts.head_grouping) for k in self.kinds)]
-        if lacking:  # one path for every layer and kind: a layer of routed experts only has no channels
-            raise ArgumentError(f"spp traces heads and channels in every selected layer; layers {lacking} have no dense "
-                                "MLP channels (routed experts only): pass --units heads, or use llm-pruner")
         settings = self.settings
         stamp = fingerprint(loaded)
 
@@ -257,7 +260,7 @@ class SPP(WidthMethod):
                 "layers": {str(index): record for index, record, _ in walk}}
 
     def prune_width(self, loaded, calib_ids, *, progress: bool) -> dict:
-        from ..solution_path import PathArtifact, materialize
+        from .solution_path import PathArtifact, materialize
 
         path = self.search(loaded, calib_ids, progress=progress)
         started = time.perf_counter()

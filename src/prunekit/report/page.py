@@ -187,7 +187,7 @@ def _method_specific(record: dict, figures: Path, homes: list[Path]) -> list[Sec
             path_file = next((home / width["path_file"] for home in homes if width.get("path_file")
                               and (home / width["path_file"]).is_file()), None)
             if path_file is not None:
-                from ..solution_path import plot_path, read_path
+                from ..methods.solution_path import plot_path, read_path
 
                 file = f"path_step{number}.png"
                 plot_path(read_path(path_file), figures / file)

@@ -12,7 +12,7 @@ def apply_mask(view: LinearView, mask: torch.Tensor) -> dict:
     """Zero the weights of ``view`` where ``mask`` is True; report the sparsity the mask imposed."""
     view.require_writable("mask it (prune before a --factored SVD)")
     weight = view.weight
-    view.set_weight(weight.masked_fill(mask.to(weight.device), 0))  # out of place: see set_weight
+    view.set_weight(weight.masked_fill(mask.to(weight.device), 0))  # new memory: see LinearView.set_weight
     return {"sparsity": float(mask.sum()) / mask.numel(), "shape": list(weight.shape)}
 
 

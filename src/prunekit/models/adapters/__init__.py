@@ -6,7 +6,10 @@ from torch import nn
 
 from ...errors import UnsupportedArchitectureError
 from .base import ALL_ROLES, ROUTER_ROLE, Adapter, LinearView
+from .bloom import BloomAdapter
+from .codegen import CodeGenAdapter
 from .cohere import CohereAdapter
+from .falcon import FalconAdapter
 from .gemma import GemmaAdapter
 from .glm import GlmAdapter
 from .generic import GenericAdapter
@@ -18,7 +21,7 @@ from .gptj import GPTJAdapter
 from .granite_swa import GraniteSwaAdapter
 from .helium import HeliumAdapter
 from .llama import LlamaAdapter
-from .moe import MoeAdapter
+from .moe import MlaAdapter, MoeAdapter
 from .olmo2 import Olmo2Adapter
 from .opt import OPTAdapter
 from .phi import PhiAdapter
@@ -32,7 +35,8 @@ ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, GemmaAdapter, CohereAdapter
                                        GraniteSwaAdapter, StableLmAdapter, HeliumAdapter,
                                        StarCoder2Adapter, PhiAdapter, Phi3Adapter, GlmAdapter, GPTJAdapter,
                                        GPTBigCodeAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter,
-                                       GPTNeoAdapter, MoeAdapter)
+                                       GPTNeoAdapter, MoeAdapter, MlaAdapter, FalconAdapter, BloomAdapter,
+                                       CodeGenAdapter)
 
 
 def supported_model_types() -> list[str]:

@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from .errors import NumericalError
+from ..errors import NumericalError
 
 
 @dataclass

@@ -17,11 +17,11 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ArgumentError
-from .eval.icl import IclTask, evaluate_icl
-from .models.adapters.base import LinearView
-from .models.loading import LoadedModel
-from .surgery.lowrank import Spectrum, kept_rank
+from ..errors import ArgumentError
+from ..eval.icl import IclTask, evaluate_icl
+from ..models.adapters.base import LinearView
+from ..models.loading import LoadedModel
+from ..surgery.lowrank import Spectrum, kept_rank
 
 PAPER_GRID = (0.0, 0.1, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995)
 

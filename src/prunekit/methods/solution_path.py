@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .data.tasks import read_json_file
-from .errors import ArgumentError, DataError
-from .io.shapes import sync_config_shapes
-from .methods.unit_plan import plan_removals
-from .models.loading import LoadedModel
-from .surgery.shrink import remove_units
+from ..data.tasks import read_json_file
+from ..errors import ArgumentError, DataError
+from ..io.shapes import sync_config_shapes
+from ..models.loading import LoadedModel
+from ..surgery.shrink import remove_units
+from .unit_plan import plan_removals
 
 FORMAT = "prunekit-spp-path/1"
 FILE = "path.json"

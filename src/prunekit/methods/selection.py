@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Sequence
 
-from .errors import ArgumentError
-from .models.adapters.base import ROUTER_ROLE, Adapter, LinearView
+from ..errors import ArgumentError
+from ..models.adapters.base import ROUTER_ROLE, Adapter, LinearView
 
 
 def parse_layers(spec: str | Sequence[int] | None, total: int) -> list[int]:
