@@ -3,8 +3,8 @@
 Rows: the families the GGUF issue names and the MoE families llama.cpp has (``DEFAULT_TYPES``;
 ``--all``: every model type the architecture zoo passes whose Hugging Face class llama.cpp's
 converter registers, read from the converter itself). For each, a tiny random model
-(the zoo's shapes, ``models/tiny.py``) in four states — dense, ShortGPT −1 layer, LLM-Pruner 25%
-with the same width in every layer, and expert pruning 50% for MoE types — is saved, exported with
+(the zoo's shapes, ``models/tiny.py``) in four states — dense, ShortGPT −1 layer, LLM-Pruner removing
+half of every layer's heads (KV groups) and MLP channels (the same width in every layer), and expert pruning 50% for MoE types — is saved, exported with
 ``prunekit export`` to f32 GGUF, and its logits on 48 probe tokens compared with the in-memory
 model's: in llama.cpp (the runtime people use) and in transformers read back from the GGUF by its
 own loader (or that loader's refusal). A cell passes when llama.cpp's largest logit difference is
@@ -46,9 +46,9 @@ MD = RESULTS / "gguf_families.md"
 # the families the GGUF issue names (Llama/SmolLM/Mistral, Qwen2/3, Gemma-2/3, Phi-3), a few more with
 # width adapters, and the MoE families llama.cpp has; --all runs every candidate (~1 min per type)
 DEFAULT_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "phi", "olmo2",
-                 "granite", "stablelm", "starcoder2", "glm4", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe",
-                 "gpt_oss", "deepseek_v2")
-STATES = ("dense", "shortgpt -1", "llm-pruner 25% uniform", "expert-prune 50%")
+                 "granite", "stablelm", "starcoder2", "glm4", "falcon", "bloom", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
+                 "granitemoe", "gpt_oss", "deepseek_v2")
+STATES = ("dense", "shortgpt -1", "llm-pruner 50% units, uniform", "expert-prune 50%")
 TOLERANCE = 1e-3
 # family -> config values llama.cpp's graph assumes instead of reading them (every released
 # checkpoint of the family has these): Gemma-2/3 scale queries by head_dim^-1/2 (query_pre_attn_scalar
@@ -141,8 +141,8 @@ def _prune(lm, state: str, data_root: Path) -> dict | None:
     if state == "expert-prune 50%":
         return prunekit.prune(lm, "expert-prune", remove_fraction=0.5, calibration=calibration, data_root=data_root,
                               progress=False)
-    layers = lm.adapter.num_layers()
-    return prunekit.prune(lm, "llm-pruner", param_ratio=0.25, layer_range=f"0:{layers}", calibration=calibration,
+    layers = lm.adapter.num_layers()  # a fraction of units: a tiny model's embedding holds most of its parameters
+    return prunekit.prune(lm, "llm-pruner", ratio=0.5, layer_range=f"0:{layers}", calibration=calibration,
                           data_root=data_root, progress=False)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .allocator import freed_memory_retained
 from .capture import layerwise
 from .capture.layerwise import PhaseClock
 from .capture.paired import paired_layerwise
@@ -80,14 +81,16 @@ def run_layers(pruner: Method, inputs: WalkInputs) -> LayerRun:
     walk = LAYER_WALKS.get(pruner.execution)
     if walk is None:
         raise TypeError(f"{type(pruner).__name__} declares {pruner.execution}, which is not a layer walk")
-    return walk(pruner, inputs)
+    with freed_memory_retained():  # each layer's batches reuse the last one's buffers (prunekit.allocator)
+        return walk(pruner, inputs)
 
 
 def run_depth(pruner: Method, loaded, calib_ids, *, batch_size: int, progress: bool, param_count: Callable) -> dict:
     """Score the layers, remove the planned ones (or skip sublayers); the plan with its effect."""
     adapter = loaded.adapter
     params_before = param_count(loaded)
-    plan = pruner.plan(loaded, calib_ids, batch_size=batch_size, progress=progress)
+    with freed_memory_retained():
+        plan = pruner.plan(loaded, calib_ids, batch_size=batch_size, progress=progress)
     kept = remove_layers(adapter, plan["remove"])
     if plan.get("skip_sublayers"):
         plan["zeroed_modules"] = skip_sublayers(adapter, [tuple(b) for b in plan["skip_sublayers"]])
@@ -98,7 +101,8 @@ def run_depth(pruner: Method, loaded, calib_ids, *, batch_size: int, progress: b
 
 def run_width(pruner: Method, loaded, calib_ids, *, progress: bool) -> dict:
     """The method walks the model itself and cuts units out; its report."""
-    return pruner.prune_width(loaded, calib_ids, progress=progress)
+    with freed_memory_retained():
+        return pruner.prune_width(loaded, calib_ids, progress=progress)
 
 
 def is_streamable(pruner: Method) -> bool:

@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterable, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from ..allocator import retain_freed_memory
 from ..errors import UnsupportedArchitectureError
 from ..models.adapters.base import LinearView
 from ..models.loading import LoadedModel
@@ -113,7 +112,6 @@ def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size
     be in memory). The first batch of each size runs through every stand-in to catch each
     layer's arguments; later batches stop at the first layer once its hidden states are caught.
     """
-    retain_freed_memory()  # every calibrated walk starts here: its forwards reuse freed buffers
     model = loaded.model
     layers = loaded.adapter.decoder_layers()
     count = len(layers)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..allocator import retain_freed_memory
+from ..allocator import freed_memory_retained
 from ..data.windows import TokenWindows
 
 TOKENS_PER_BATCH = 4096
@@ -29,7 +29,11 @@ def default_batch_size(seqlen: int) -> int:
 def perplexity(model, windows: TokenWindows, *, batch_size: int | None = None, progress: bool = True,
                desc: str = "perplexity") -> dict:
     """Perplexity of ``model`` on ``windows``; also the NLL sum, token count and seconds."""
-    retain_freed_memory()
+    with freed_memory_retained():  # the batches' buffers are reused, not faulted in afresh
+        return _perplexity(model, windows, batch_size, progress, desc)
+
+
+def _perplexity(model, windows: TokenWindows, batch_size: int | None, progress: bool, desc: str) -> dict:
     ids = windows.ids
     count, seqlen = ids.shape
     batch_size = batch_size or default_batch_size(seqlen)

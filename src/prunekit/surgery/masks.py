@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..allocator import file_backed
 from ..models.adapters.base import LinearView
 
 
@@ -12,7 +13,10 @@ def apply_mask(view: LinearView, mask: torch.Tensor) -> dict:
     """Zero the weights of ``view`` where ``mask`` is True; report the sparsity the mask imposed."""
     view.require_writable("mask it (prune before a --factored SVD)")
     weight = view.weight
-    view.set_weight(weight.masked_fill(mask.to(weight.device), 0))  # new memory: see LinearView.set_weight
+    if file_backed(weight):  # a memory-mapped checkpoint's weight: see LinearView.set_weight
+        view.set_weight(weight.masked_fill(mask.to(weight.device), 0))
+    else:
+        weight.masked_fill_(mask.to(weight.device), 0)
     return {"sparsity": float(mask.sum()) / mask.numel(), "shape": list(weight.shape)}
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ...allocator import release_pages
+from ...allocator import file_backed, release_pages
 from ...errors import ArgumentError
 
 ALL_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "fc1", "fc2")
@@ -70,11 +70,11 @@ class LinearView:
         value = new_weight.t() if self.transposed else new_weight
         if value.shape != target.shape:
             raise ValueError(f"{self.name}: weight shape {tuple(value.shape)} != {tuple(target.shape)}")
-        if self.expert is not None:  # a slice of the fused [experts, ·, ·] parameter
+        if self.expert is not None or not file_backed(target):  # in place (an expert: its slice of the fused parameter)
             target.copy_(value.to(dtype=target.dtype, device=target.device))
             return
-        # new memory, and the old weight's pages handed back: writing into a memory-mapped checkpoint's
-        # weight copies it a page at a time (see prunekit.allocator)
+        # a weight of a memory-mapped checkpoint: new memory, and the old pages handed back — writing
+        # into it would copy it a page at a time (see prunekit.allocator)
         self.module.weight.data = value.to(dtype=target.dtype, device=target.device,
                                            memory_format=torch.contiguous_format, copy=True)
         release_pages(target)

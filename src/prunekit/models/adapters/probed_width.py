@@ -9,7 +9,7 @@ names: heads from the attention module's q/k/v/o (a family with a fused or laten
 rows with the down or fc2 column beside them; routed experts keep their width), and stock config
 fields only when the model's own class, built from them on the meta device, has exactly the
 layers the model has now. Families: ``moe.py`` (mixture-of-experts with Llama-style or latent
-attention), ``falcon.py``, ``bloom.py``.
+attention), ``falcon.py``, ``bloom.py``, ``codegen.py``.
 """
 
 from __future__ import annotations
