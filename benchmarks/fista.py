@@ -38,6 +38,7 @@ STATES = ([(m, t, {}) for t in ("50%", "2:4") for m in ("fista", "sparsegpt", "w
           + [("fista", t, o) for t in ("5%", "20%") for o in ({}, {"correction": "none"}, {"correction": "intra+inter"})]
           + [("fista", "50%", {"workers": 2})]
           + [("fista", t, {"fista_mode": "paper"}) for t in ("50%", "2:4")]  # the published algorithm alone
+          + [("fista", t, {"fista_mode": "paper", "warm_start": "dense"}) for t in ("50%", "2:4")]  # ... from the dense weights
           + [("dense", "-", {}), ("magnitude", "50%", {}), ("magnitude", "2:4", {})])
 TIMING_ONLY = {"workers"}  # states that only time the prune: their weights must equal the 1-worker run's
 
@@ -45,7 +46,8 @@ TIMING_ONLY = {"workers"}  # states that only time the prune: their weights must
 def _label(method: str, options: dict) -> str:
     if method != "fista":
         return method
-    label = f"fista ({options.get('correction', 'intra')}" + (", paper mode)" if options.get("fista_mode") == "paper" else ")")
+    label = f"fista ({options.get('correction', 'intra')}" + (", paper mode" if options.get("fista_mode") == "paper" else "") \
+        + (f", {options['warm_start']} start)" if "warm_start" in options else ")")
     return label + (f", {options['workers']} workers" if options.get("workers", 1) > 1 else "")
 
 

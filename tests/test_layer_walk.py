@@ -52,3 +52,37 @@ def test_walk_reproduces_the_models_own_hidden_states_layer_by_layer(family):
     with torch.no_grad():
         again = model(ids, output_hidden_states=True, use_cache=False).hidden_states
     torch.testing.assert_close(again[-1], reference[-1], rtol=0, atol=0)
+
+
+def test_layer_arguments_that_change_with_the_tokens_are_refused():
+    """Gemma-3n/4 hand each decoder layer a per-token input besides its hidden states: the walk, which
+    replays one batch's layer arguments for every batch, refuses such a model in one line instead of
+    calibrating later batches on the first batch's inputs."""
+    import transformers as tf
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    from prunekit.capture.layerwise import _first_layer_inputs
+    from prunekit.errors import UnsupportedArchitectureError
+    from prunekit.models.adapters import adapter_for
+    from prunekit.models.loading import LoadedModel
+
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = tf.LlamaForCausalLM(config).eval()
+    inner = model.model
+
+    def forward_with_token_inputs(input_ids=None, **_):
+        hidden = inner.embed_tokens(input_ids)
+        positions = inner.rotary_emb(hidden, torch.arange(input_ids.shape[1]).unsqueeze(0))
+        for layer in inner.layers:
+            hidden = layer(hidden, position_embeddings=positions, attention_mask=None,
+                           token_input=inner.embed_tokens(input_ids)[..., :8])
+        return BaseModelOutputWithPast(last_hidden_state=hidden)
+
+    loaded = LoadedModel(model, None, adapter_for(model), {})
+    ids = torch.randint(0, 256, (4, 16))
+    _first_layer_inputs(loaded, ids, 2, False)  # the stock forward: its arguments are the same for every batch
+    inner.forward = forward_with_token_inputs
+    with pytest.raises(UnsupportedArchitectureError, match="changes with the tokens .'token_input'"):
+        _first_layer_inputs(loaded, ids, 2, False)

@@ -104,6 +104,23 @@ class _Inputs:
         return _Inputs(hidden, self.extra_args, self.kwargs, self.per_layer)
 
 
+def _same_arguments(recorded: tuple[dict[int, tuple], dict[int, dict[str, Any]]], size: int, args: tuple,
+                    kw: dict[str, Any]) -> None:
+    """Refuse a model whose decoder layers take, besides the hidden states, inputs that change with
+    the tokens (Gemma-3n/4's ``per_layer_input``): the walk records one batch's arguments per batch
+    size and replays them for every batch, which is right for masks and positions only."""
+    extra_args, kwargs = recorded
+    old = dict(enumerate(extra_args[size]), **kwargs[size])
+    for name, value in dict(enumerate(args), **kw).items():
+        before = old.get(name)
+        if isinstance(value, torch.Tensor) and isinstance(before, torch.Tensor) and (
+                value.shape != before.shape or not torch.equal(value, before)):
+            raise UnsupportedArchitectureError(
+                f"decoder layer 0 takes an argument that changes with the tokens ({name!r}, shape {tuple(value.shape)}), "
+                "besides its hidden states (per-layer token inputs: Gemma-3n, Gemma-4); the layer walk replays one "
+                "batch's layer arguments for every batch, so it would feed the wrong ones")
+
+
 def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size: int, progress: bool) -> _Inputs:
     """The first decoder layer's hidden states on ``calib_ids`` and every layer's own arguments.
 
@@ -137,6 +154,7 @@ def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size
                 state["size"] = args[0].shape[0]
                 hidden[state["start"] : state["start"] + state["size"]] = args[0]
                 if state["size"] in complete:
+                    _same_arguments(per_layer[0], state["size"], args[1:], kw)
                     raise _StopForward
             extra_args, kwargs = per_layer[index]
             extra_args.setdefault(state["size"], tuple(args[1:]))

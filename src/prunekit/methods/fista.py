@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 class FistaOptions(AllocationOptions, WorkerOptions):
     fista_mode: str = field(default="prunekit", metadata={"choices": FISTA_MODES, "help": (
         "fista: prunekit (warm start, λ ladder, re-fit, the lowest-error candidate) or paper (FISTAPruner as "
-        "published: from the dense weights, λ bisected to the target, the final solution projected)")})
+        "published: from the warm start, λ bisected to the target, the final solution hard-thresholded by magnitude "
+        "per row)")})
     correction: str = field(default="intra", metadata={
         "choices": CORRECTIONS, "help": "fista: intra (dense layer inputs, pruned predecessors), none, or intra+inter"})
     warm_start: str = field(default="wanda", metadata={"choices": WARM_STARTS, "help": "fista: starting point"})
@@ -204,7 +205,10 @@ def _candidate(problem: Problem, W: torch.Tensor, target: SparsityTarget, option
 
     ``iterations`` caps the re-fit (candidates are ranked on a short one; the winner's is finished).
     """
-    keep = project(problem, W, target, options.projection)
+    if options.fista_mode == "paper":  # the paper's rounding: the largest magnitudes of each row
+        keep = ~select_mask(W.abs(), target, per_row=True)
+    else:
+        keep = project(problem, W, target, options.projection)
     W = W * keep
     steps = options.refit_iterations if iterations is None else min(iterations, options.refit_iterations)
     if steps:
@@ -233,7 +237,7 @@ def solve(weight: torch.Tensor, stats: PairedStatistics, target: SparsityTarget,
     """
     problem = Problem.from_statistics(weight, stats)
     paper = options.fista_mode == "paper"  # the published algorithm: one path, its end projected, no extras
-    W = start = warm_start("dense" if paper else options.warm_start, weight, stats, target)
+    W = start = warm_start(options.warm_start, weight, stats, target)
     goal = target.fraction
     report = {"objective_warm_start": problem.smooth(W), "L": problem.L}
     chosen, chosen_f, source, selected, candidates = W, math.inf, W, {}, 0
@@ -328,8 +332,8 @@ class FISTAPruner(Method):
         if min(options.refit_iterations, options.ranking_refit_iterations, options.lambda_ladder) < 0:
             raise ArgumentError("--refit-iterations, --ranking-refit-iterations and --lambda-ladder must be at least 0")
         defaults = FistaOptions()
-        extras = [f"--{name.replace('_', '-')}" for name in ("warm_start", "lambda_ladder", "refit_iterations",
-                                                             "ranking_refit_iterations")
+        extras = [f"--{name.replace('_', '-')}" for name in ("lambda_ladder", "refit_iterations",
+                                                             "ranking_refit_iterations", "projection")
                   if getattr(options, name) != getattr(defaults, name)]
         if options.fista_mode == "paper" and extras:
             raise ArgumentError(f"--fista-mode paper runs the published algorithm: {', '.join(extras)} "
