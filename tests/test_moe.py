@@ -236,23 +236,13 @@ def test_moe_head_and_shared_expert_cuts_equal_zeroing_them(model_type, tokenize
     GPT-OSS's sinks; DeepSeek's latent-attention heads: q_b and kv_b rows, o columns) and, where the
     layer has one, its dense or shared-expert MLP channels — cut out compute what zeroing their share
     of o / down computes; routed experts keep their width."""
-    from prunekit.surgery.shrink import remove_units
+    from test_family_width import zero_and_cut
 
     zeroed, shrunk = _loaded(model_type, tokenizer), _loaded(model_type, tokenizer)
     shrunk.model.load_state_dict(zeroed.model.state_dict())
     groups = zeroed.adapter.unit_groups(0)
     assert ("channels" in groups) == FIRST_LAYER_CHANNELS[model_type]
-    removed = {"heads": [1], "channels": [0, 5, 17]}
-    with torch.no_grad():
-        for kind, group in groups.items():
-            consumer = next(m for m in group.members if m.axis == 1)
-            weight = consumer.view.weight.clone()
-            weight[:, consumer.index[removed[kind]].reshape(-1)] = 0
-            consumer.view.set_weight(weight)
-    for kind, group in shrunk.adapter.unit_groups(0).items():
-        remove_units(shrunk.adapter, group, removed[kind])
-    with torch.no_grad():
-        cut, reference = shrunk.model(TOKENIZER_FREE_IDS).logits, zeroed.model(TOKENIZER_FREE_IDS).logits
+    cut, reference = zero_and_cut(zeroed, shrunk, {"heads": [1], "channels": [0, 5, 17]}, TOKENIZER_FREE_IDS)
     if model_type == "olmoe":  # its q/k RMSNorms span all heads: fewer heads change the norm's statistic
         assert cut.shape == reference.shape and not torch.equal(cut, reference)
     else:
