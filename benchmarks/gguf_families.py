@@ -54,9 +54,10 @@ TOLERANCE = 1e-3
 # checkpoint of the family has these): Gemma-2/3 scale queries by head_dim^-1/2 (query_pre_attn_scalar
 # = head_dim, 16 here) except at 27B, llama.cpp's qwen3moe always renormalises the top-k router
 # weights, its phi2 and olmoe graphs have no grouped-query attention (neither have the released
-# Phi-1/1.5/2 and OLMoE checkpoints), and its converter writes Phi-2's MLP width as 4 × hidden.
+# Phi-1/1.5/2 and OLMoE checkpoints), and its converter writes Phi-2's and Falcon's MLP width as 4 × hidden.
 LLAMACPP_FIXED = {
     "phi": {"num_key_value_heads": 4, "intermediate_size": 256},
+    "falcon": {"ffn_hidden_size": 256},
     "olmoe": {"num_key_value_heads": 4},
     "gemma2": {"query_pre_attn_scalar": 16},
     "gemma3_text": {"query_pre_attn_scalar": 16},

@@ -108,6 +108,27 @@ def test_gemma_attention_scale_llamacpp_would_get_wrong_is_refused():
         plan_export({**small, "num_hidden_layers": 62}, gemma3)
 
 
+def test_falcon_7b_layout_is_shown_to_the_converter_with_its_one_kv_head(tmp_path):
+    """transformers saves Falcon-7B's num_kv_heads as the head count (71) though its multi-query
+    attention has one KV head; the converter splits q/k/v by that field, so export shows it 1."""
+    from prunekit.export.gguf_export import converter_view
+
+    falcon = {"FalconForCausalLM"}
+    seven_b = {"architectures": ["FalconForCausalLM"], "multi_query": True, "new_decoder_architecture": False,
+               "num_attention_heads": 71, "num_kv_heads": 71}
+    assert plan_export(seven_b, falcon)["config_fixes"] == {"num_kv_heads": 1}
+    forty_b = {**seven_b, "new_decoder_architecture": True, "num_kv_heads": 8}  # grouped KV heads: read as written
+    assert plan_export(forty_b, falcon)["config_fixes"] == {}
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(seven_b))
+    (source / "model.safetensors").write_bytes(b"weights")
+    view = converter_view(source, tmp_path / "view", {"num_kv_heads": 1})
+    assert json.loads((view / "config.json").read_text())["num_kv_heads"] == 1
+    assert (view / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((source / "config.json").read_text())["num_kv_heads"] == 71  # the checkpoint is untouched
+
+
 def test_missing_llamacpp_build_is_one_line(tmp_path, tiny_model_dir, monkeypatch):
     import importlib.metadata
 

@@ -208,7 +208,7 @@ def require_method_support(adapter_cls: type, method_cls, config: Any, streaming
             "structural fallback: mask methods and depth removal only")
     if streaming and not adapter_cls.streamable:
         served_by = ("the structural fallback" if adapter_cls.family == "structural"
-                     else f"the '{adapter_cls.family}' adapter, built on the structural probe,")
+                     else f"the '{adapter_cls.family}' adapter, built on the structural probe")
         raise UnsupportedArchitectureError(
             f"--stream needs the maps of a layer without running the model: model type '{model_type}' is served by "
             f"{served_by}, which finds its maps (and experts) by running the whole model once")

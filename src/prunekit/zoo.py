@@ -153,6 +153,9 @@ def _capability_holds(model_type: str, capability: str, tokenizer, data_root, ca
     if capability == "expert-prune 50%" and expert_count(lm.model.config) is None:
         raise _Verdict("n/a (dense model)")
     method, options = _method_options(capability)
+    config = lm.model.config
+    if method == "llm-pruner" and (getattr(config, "multi_query", False) or getattr(config, "num_key_value_heads", 0) == 1):
+        options["head_grouping"] = "query"  # one KV head is one unit under KV grouping: half of it is all of it
     before = lm.adapter.num_layers()
     if method == "expert-prune":
         from .methods.expert_prune import expert_survivors

@@ -86,7 +86,31 @@ def plan_export(config: dict, architectures: set[str]) -> dict:
             f"express it (per-layer arrays are written for {', '.join(PER_LAYER_ARCHITECTURES)} only); prune with "
             "the same width in every layer to export it")
     check_llamacpp_attention_scale(text or config, arch)
-    return {"architecture": arch, "per_layer": per_layer, "factored": bool(config.get(FACTORED_KEY))}
+    return {"architecture": arch, "per_layer": per_layer, "factored": bool(config.get(FACTORED_KEY)),
+            "config_fixes": converter_config_fixes(config, arch)}
+
+
+def converter_config_fixes(config: dict, arch: str) -> dict:
+    """Config values llama.cpp's converter would misread, set to what transformers' model uses.
+
+    Falcon-7B's layout (``multi_query``, not ``new_decoder_architecture``) has one KV head whatever
+    ``num_kv_heads`` says, but transformers saves ``num_kv_heads`` = the head count for it and the
+    converter splits the fused q/k/v rows by that field, so a re-saved Falcon-7B fails to convert."""
+    if arch == "FalconForCausalLM" and config.get("multi_query", True) and not config.get("new_decoder_architecture") \
+            and config.get("num_kv_heads", 1) != 1:
+        return {"num_kv_heads": 1}
+    return {}
+
+
+def converter_view(source: Path, staging: Path, fixes: dict) -> Path:
+    """``source`` as the converter should read it: its files linked, config.json with ``fixes``."""
+    staging.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.name != "config.json":
+            (staging / item.name).symlink_to(item.resolve())
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    (staging / "config.json").write_text(json.dumps({**config, **fixes}, indent=2), encoding="utf-8")
+    return staging
 
 
 # llama.cpp does not read Gemma-2/3's query_pre_attn_scalar: it scales queries by 1/sqrt(hidden / heads) when
@@ -150,6 +174,10 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: s
         if plan["per_layer"] or plan["factored"]:
             staged, layer_notes = stage_plain_checkpoint(source, work / "checkpoint")
             notes += layer_notes
+        if plan["config_fixes"]:
+            staged = converter_view(staged, work / "converter_view", plan["config_fixes"])
+            notes.append("config values the converter would misread, set to the model's own: "
+                         + ", ".join(f"{k} = {v}" for k, v in plan["config_fixes"].items()))
         first = work / ("model.gguf" if outtype in CONVERTER_TYPES else "model-f32.gguf")
         driver = Path(__file__).with_name("convert_driver.py")
         llamacpp.run_converter(converter, staged, first, outtype if outtype in CONVERTER_TYPES else "f32", driver)

@@ -223,7 +223,9 @@ class LLMPruner(WidthMethod):
             for k in present_kinds(g, self.kinds):
                 if removal_count(g[k], ratio) >= g[k].units:
                     unit = "heads (KV groups)" if k == "heads" else "MLP channels"
-                    raise ArgumentError(f"ratio {ratio:.3f} would remove every one of the {g[k].units} {unit} of layer {i}")
+                    hint = (" (one KV head: --head-grouping query removes query heads instead)"
+                            if k == "heads" and g[k].units == 1 and self.options.head_grouping == "kv" else "")
+                    raise ArgumentError(f"ratio {ratio:.3f} would remove every one of the {g[k].units} {unit} of layer {i}{hint}")
 
     def _solve_ratio(self, groups: dict, total_params: int, has_experts: bool = False) -> float:
         """The per-layer ratio whose removal is closest to ``param_ratio`` of all parameters (the

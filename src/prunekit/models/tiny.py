@@ -54,6 +54,9 @@ TYPE_OVERRIDES: dict[str, dict[str, Any]] = {
     # dense by default (is_moe false): its CDMoE (product-key experts as embedding rows) is the part to test, on a
     # 4 x 4 key grid (4 experts would be a 2 x 2 grid, whose smallest cut leaves 1 expert, fewer than top-2)
     "doge": {"is_moe": True, "num_experts": 16},
+    # qkv_proj is split into mp_num = 4 model-parallel blocks that keep equal head counts: 4 heads would be one per
+    # block, so removing half of them could only remove all; 8 heads of width 8 leave two per block
+    "codegen": {"n_head": 8, "num_attention_heads": 8},
     # the shared transformer block is tied across its layers: at least two of the three must hold it
     "zamba": {"layers_block_type": ["hybrid", "linear_attention", "hybrid"]},
 }
@@ -77,6 +80,10 @@ def tiny_config(model_type: str, **extra: Any):
 
     defaults = AutoConfig.for_model(model_type)
     overrides = {key: value for key, value in TINY_OVERRIDES.items() if _settable(defaults, key)}
+    for key, value in vars(defaults).items():  # every other MLP width a family names (Ergo's first dense block: 32768)
+        if key.endswith("intermediate_size") and key not in overrides and isinstance(value, int) and value > 128 \
+                and _settable(defaults, key):
+            overrides[key] = 128
     for key in SPECIAL_TOKEN_KEYS:  # token ids past the tiny vocabulary would index out of range
         value = getattr(defaults, key, None)
         if isinstance(value, int) and value >= TINY_VOCAB:
