@@ -222,3 +222,27 @@ def test_scoring_metrics_without_calibration_text_refuse(tiny_model_dir, metric)
     method = ShortGPT(None, ShortGPT.parse_options({"remove_layers": 1, "metric": metric}))
     with pytest.raises(ArgumentError, match=f"--metric {metric} scores layers on calibration text"):
         method.plan(lm, None, batch_size=1, progress=False)
+
+
+def test_gemma4_depth_cut_keeps_its_per_layer_inputs_and_last_full_attention_layer(tokenizer, tmp_path):
+    """Gemma-4 holds a slice per layer in two model-level tables (per-layer token inputs) and forces
+    its last layer to full attention on load: a cut slices the tables to the kept layers, removing the
+    last layer is refused by name, and ShortGPT's ranking passes over it to the next-lowest layer."""
+    from prunekit.methods.shortgpt import describable_lowest
+    from prunekit.zoo import tiny_loaded
+
+    lm = tiny_loaded("gemma4_text", tokenizer)
+    width = lm.model.config.hidden_size_per_layer_input
+    table = lm.model.model.embed_tokens_per_layer.weight.detach().clone()
+    assert describable_lowest(lm.adapter, [2, 0, 1], 1) == ([0], [2])
+    with pytest.raises(ArgumentError, match="rewrites when it is loaded"):
+        prunekit.prune(lm, "shortgpt", layers=[2], progress=False)
+    assert lm.adapter.num_layers() == 3
+    record = prunekit.prune(lm, "shortgpt", layers=[1], progress=False)
+    kept = torch.cat([table[:, :width], table[:, 2 * width:]], dim=1)
+    assert torch.equal(lm.model.model.embed_tokens_per_layer.weight, kept)
+    prunekit.save(lm, tmp_path, record=prunekit.build_record(lm, [record]), overwrite=True, report=False)
+    ids = torch.randint(0, 1000, (1, 12))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(lm.model(ids).logits, reloaded(ids).logits, atol=1e-5)

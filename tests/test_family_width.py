@@ -15,6 +15,7 @@ FAMILIES = [
     ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2}),  # Falcon-40B: per KV group [q.., k, v]
     ("bloom", {}),
     ("codegen", {"n_head": 8, "num_attention_heads": 8}),  # two heads in each of the four model-parallel blocks
+    ("gemma4_text", {}),  # heads 256 wide in sliding layers, 512 in the full-attention one (per-layer head_dim)
 ]
 
 
@@ -32,18 +33,18 @@ def _logits(model, ids=IDS):
         return model(ids).logits
 
 
-def zero_and_cut(zeroed, shrunk, removed: dict[str, list[int]], ids=IDS) -> tuple[torch.Tensor, torch.Tensor]:
-    """In layer 0, zero the removed units' share of the map reading them (o / down) in ``zeroed`` and
+def zero_and_cut(zeroed, shrunk, removed: dict[str, list[int]], ids=IDS, layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """In ``layer``, zero the removed units' share of the map reading them (o / down) in ``zeroed`` and
     cut the units out of ``shrunk`` (the same weights); the logits of both, cut first."""
     from prunekit.surgery.shrink import remove_units
 
     with torch.no_grad():
-        for kind, group in zeroed.adapter.unit_groups(0).items():
+        for kind, group in zeroed.adapter.unit_groups(layer).items():
             consumer = next(m for m in group.members if m.axis == 1)
             weight = consumer.view.weight.clone()
             weight[:, consumer.index[removed[kind]].reshape(-1)] = 0
             consumer.view.set_weight(weight)
-    for kind, group in shrunk.adapter.unit_groups(0).items():
+    for kind, group in shrunk.adapter.unit_groups(layer).items():
         remove_units(shrunk.adapter, group, removed[kind])
     return _logits(shrunk.model, ids), _logits(zeroed.model, ids)
 
@@ -83,3 +84,15 @@ def test_llm_pruner_output_reloads_with_identical_logits(model_type, extra, toke
     prunekit.save(lm, tmp_path / "out", record=prunekit.build_record(lm, [record]), report=False)
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True).eval()
     assert torch.equal(_logits(again), _logits(lm.model))
+
+
+def test_gemma4_full_attention_heads_are_their_own_width(tokenizer):
+    """Gemma-4's full-attention layer has 512-wide heads where the sliding ones have 256: a head cut
+    there takes that layer's own width, and equals zeroing the head's o_proj columns."""
+    zeroed, shrunk = _pair("gemma4_text", {}, tokenizer)
+    full = zeroed.model.config.layer_types.index("full_attention")
+    assert zeroed.adapter.layer_head_dim(full) == 2 * zeroed.adapter.layer_head_dim(0)
+    heads = zeroed.adapter.unit_groups(full)["heads"]
+    assert heads.members[0].index.shape[1] % zeroed.adapter.layer_head_dim(full) == 0
+    cut, reference = zero_and_cut(zeroed, shrunk, {"heads": [1], "channels": [3]}, layer=full)
+    torch.testing.assert_close(cut, reference, rtol=1e-5, atol=1e-5)

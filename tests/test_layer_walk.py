@@ -86,3 +86,22 @@ def test_layer_arguments_that_change_with_the_tokens_are_refused():
     inner.forward = forward_with_token_inputs
     with pytest.raises(UnsupportedArchitectureError, match="changes with the tokens .'token_input'"):
         _first_layer_inputs(loaded, ids, 2, False)
+
+
+def test_layers_that_share_another_layers_kv_cache_are_refused(tokenizer):
+    """Gemma-3n/4's last num_kv_shared_layers layers read the key/value cache an earlier layer left in
+    a shared state: a walk that runs one layer over every batch would hand them the last batch's,
+    and a depth cut would change which layer each reads; both are refused in one line."""
+    from prunekit import api
+    from prunekit.errors import ArgumentError, UnsupportedArchitectureError
+    from prunekit.recipe import CalibrationSettings
+    from prunekit.zoo import tiny_loaded
+
+    lm = tiny_loaded("gemma4_text", tokenizer, num_kv_shared_layers=1,
+                     layer_types=["sliding_attention", "full_attention", "full_attention"])
+    with pytest.raises(UnsupportedArchitectureError, match="num_kv_shared_layers"):
+        api.prune(lm, "wanda", sparsity=0.5, progress=False,
+                  calibration=CalibrationSettings(corpus="c4", nsamples=2, seqlen=16))
+    with pytest.raises(ArgumentError, match="num_kv_shared_layers"):
+        api.prune(lm, "shortgpt", layers=[0], progress=False)
+    assert lm.adapter.num_layers() == 3

@@ -130,6 +130,12 @@ def _first_layer_inputs(loaded: LoadedModel, calib_ids: torch.Tensor, batch_size
     layer's arguments; later batches stop at the first layer once its hidden states are caught.
     """
     model = loaded.model
+    shared = getattr(loaded.adapter.config, "num_kv_shared_layers", 0) or 0
+    if shared:
+        raise UnsupportedArchitectureError(
+            f"the last {shared} decoder layers read the key/value cache earlier layers leave in a shared state "
+            "(num_kv_shared_layers, Gemma-3n/4): the layer walk runs one layer over every batch before the next, "
+            "so a sharing layer would read the last batch's cache for all of them")
     layers = loaded.adapter.decoder_layers()
     count = len(layers)
     device = loaded.device

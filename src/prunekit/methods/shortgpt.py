@@ -109,7 +109,9 @@ class ShortGPT(DepthMethod):
                 start = int(torch.argmin(distances))
                 remove = list(range(start, start + n))
             else:
-                remove = torch.sort(stats["bi"], stable=True).indices[:n].tolist()
+                remove, kept_back = describable_lowest(loaded.adapter, torch.sort(stats["bi"], stable=True).indices.tolist(), n)
+                if kept_back:
+                    report["not_removable"] = kept_back
         elif metric == "ppl":
             remove, trace = self._greedy_ppl(loaded, calib_ids, n, batch_size, progress)
             report["greedy_ppl"] = trace
@@ -156,3 +158,22 @@ class ShortGPT(DepthMethod):
             removed.append(best[1])
             trace.append({"removed": best[1], "calibration_ppl": best[0]})
         return removed, trace
+
+
+def describable_lowest(adapter, order: list[int], n: int) -> tuple[list[int], list[int]]:
+    """The first ``n`` layers of ``order`` whose removal the model's config can describe, and the
+    lower-ranked ones passed over (Gemma-4's last layer must be full attention, so its config cannot
+    say the model lost it): the lowest-influence layers that can really go, not an error."""
+    from ..surgery.depth_config import removal_describable
+
+    if removal_describable(adapter, order[:n]):
+        return order[:n], []
+    chosen, passed = [], []
+    for layer in order:
+        if len(chosen) == n:
+            break
+        (chosen if removal_describable(adapter, chosen + [layer]) else passed).append(layer)
+    if len(chosen) < n:
+        raise ArgumentError(f"only {len(chosen)} of the {n} layers asked can be removed so that the config still "
+                            f"describes the model (not removable: {passed})")
+    return chosen, passed

@@ -154,7 +154,7 @@ class StreamedModel:
 
     def _current(self, keys: list[str]) -> dict[str, torch.Tensor]:
         """The tensors under their checkpoint keys, as the model holds them now."""
-        params = dict(self.loaded.model.named_parameters(remove_duplicate=False))
+        params = saved_tensors(self.loaded.model)
         return {key: params[self.names[key]].data for key in keys}
 
     def begin_output(self, directory: Path) -> None:
@@ -185,6 +185,17 @@ class StreamedModel:
                 shutil.copy(self.directory / name, directory / name)
 
 
+def saved_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor a checkpoint of ``model`` holds: parameters and persistent buffers (Gemma-4's
+    per-layer ``layer_scalar`` is a buffer), by name."""
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and name not in module._non_persistent_buffers_set:
+                tensors[f"{module_name}.{name}" if module_name else name] = buffer
+    return tensors
+
+
 def checkpoint_names(model: nn.Module, keys: list[str]) -> dict[str, str]:
     """Checkpoint tensor key -> the model's parameter name.
 
@@ -193,7 +204,7 @@ def checkpoint_names(model: nn.Module, keys: list[str]) -> dict[str, str]:
     rules are applied where this transformers version has them. Keys that would need merging or
     splitting (fused experts) are refused: streaming writes tensors back one to one.
     """
-    params = dict(model.named_parameters(remove_duplicate=False))
+    params = saved_tensors(model)
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightRenaming, rename_source_key
@@ -213,7 +224,7 @@ def checkpoint_names(model: nn.Module, keys: list[str]) -> dict[str, str]:
                 raise ModelLoadError(f"checkpoint tensor {key} is converted (merged or split) on load; streaming needs "
                                      "tensors that map one to one onto the model")
         if name not in params:
-            raise ModelLoadError(f"checkpoint tensor {key} matches no parameter of the model")
+            raise ModelLoadError(f"checkpoint tensor {key} matches no parameter or buffer of the model")
         names[key] = name
     return names
 

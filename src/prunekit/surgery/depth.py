@@ -26,6 +26,7 @@ def layers_removed(adapter: Adapter, remove: list[int]) -> Iterator[None]:
     config = copy.deepcopy(vars(adapter.config))
     indices = [(m, name, getattr(m, name)) for layer in layers for m in layer.modules()
                for name in ("layer_idx", "layer_id") if isinstance(getattr(m, name, None), int)]
+    tables = [(module, module.weight, dict(vars(module))) for module, _ in adapter.per_layer_tables()]
     remove_layers(adapter, remove, verify=False)
     try:
         yield
@@ -35,6 +36,11 @@ def layers_removed(adapter: Adapter, remove: list[int]) -> Iterator[None]:
         vars(adapter.config).update(config)
         for module, name, value in indices:
             setattr(module, name, value)
+        for module, weight, attributes in tables:
+            module.weight = weight
+            for name in ("embedding_dim", "out_features"):
+                if name in attributes:
+                    setattr(module, name, attributes[name])
 
 
 SUBLAYER_OUTPUT_ROLES = {"attn": ("o",), "mlp": ("down", "fc2")}

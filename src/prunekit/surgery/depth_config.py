@@ -44,7 +44,27 @@ def cut_fields(config: Any, kept: list[int], old: int, depth_key: str) -> dict[s
     k = getattr(config, "first_k_dense_replace", None)
     if isinstance(k, int) and not isinstance(k, bool) and k > 0:
         updates["first_k_dense_replace"] = sum(1 for i in kept if i < k)
+    overrides = per_layer_overrides(config)
+    if overrides:
+        updates["per_layer_config"] = {position[i]: values for i, values in overrides.items() if i in position}
     return updates
+
+
+def per_layer_overrides(config: Any) -> dict[int, dict]:
+    """transformers' heterogeneous configs (Gemma-4: ``per_layer_config``, layer index -> the fields
+    that layer sets differently, e.g. a full-attention layer's head_dim), keyed by int."""
+    if not hasattr(type(config), "per_layer_config") or not hasattr(config, "to_dict"):
+        return {}
+    return {int(i): dict(values) for i, values in (config.to_dict().get("per_layer_config") or {}).items()}
+
+
+def _as_reloaded(config: Any) -> Any:
+    """``config`` as ``from_pretrained`` will read it back: the class's own checks run again on load
+    (Gemma-4 turns the last layer into full attention), which setting fields one by one skips."""
+    try:
+        return type(config).from_dict(config.to_dict())
+    except Exception:  # a config that does not round-trip is judged as it stands
+        return config
 
 
 def _signature(layer: nn.Module) -> dict[str, tuple]:
@@ -113,14 +133,25 @@ def config_after_cut(model: nn.Module, config: Any, layers: list[nn.Module], kep
     fallback = _as_index_list(config, kept_layers)
     if fallback is not None:
         attempts.append({**updates, **fallback})
-    skeleton = None
+    skeleton, rewritten = None, None
     for attempt in attempts:
         candidate = copy.deepcopy(config)
         for key, value in attempt.items():
             setattr(candidate, key, value)
-        skeleton = _skeleton_layers(model, candidate, layers_path)
+        reloaded = _as_reloaded(candidate)
+        changed = next((key for key, value in attempt.items()
+                        if isinstance(value, list) and getattr(reloaded, key, value) != value), None)
+        if changed is not None:  # the class rewrites a per-layer field on load (Gemma-4: the last layer is full attention)
+            rewritten = changed
+            continue
+        skeleton = _skeleton_layers(model, reloaded, layers_path)
         if skeleton is not None and _first_mismatch(skeleton, kept_layers) is None:
             return attempt
+    if rewritten is not None:
+        raise ArgumentError(
+            f"removing these layers leaves a config that model type '{getattr(config, 'model_type', '?')}' rewrites "
+            f"when it is loaded ({rewritten}: {getattr(_as_reloaded(candidate), rewritten)} instead of "
+            f"{attempts[-1][rewritten]}), so the saved model would not be the pruned one; choose other layers")
     if skeleton is None:
         raise ArgumentError(f"removing these layers leaves a config that model type '{getattr(config, 'model_type', '?')}' "
                             "cannot build (its per-layer fields no longer agree); choose other layers")
@@ -129,3 +160,16 @@ def config_after_cut(model: nn.Module, config: Any, layers: list[nn.Module], kep
         f"removing these layers leaves a model that model type '{getattr(config, 'model_type', '?')}' cannot describe: "
         f"its config would rebuild kept layer {bad} (originally {kept[bad] if bad < len(kept) else '?'}) with different "
         f"weights (fields tried: {', '.join(sorted(set(k for a in attempts for k in a)))}); choose other layers")
+
+
+def removal_describable(adapter: Any, remove: list[int]) -> bool:
+    """Whether removing layers ``remove`` leaves a config that rebuilds the kept layers (the check
+    ``keep_layers`` makes before cutting), without changing the model."""
+    layers = list(adapter.decoder_layers())
+    kept = [i for i in range(len(layers)) if i not in set(remove)]
+    try:
+        config_after_cut(adapter.model, adapter.config, layers, kept, adapter.depth_key, adapter.layers_path,
+                         adapter.depth_updates(kept))
+    except ArgumentError:
+        return False
+    return True

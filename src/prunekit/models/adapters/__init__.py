@@ -11,6 +11,7 @@ from .codegen import CodeGenAdapter
 from .cohere import CohereAdapter
 from .falcon import FalconAdapter
 from .gemma import GemmaAdapter
+from .gemma4 import Gemma4Adapter
 from .glm import GlmAdapter
 from .generic import GenericAdapter
 from .gpt2 import GPT2Adapter
@@ -36,7 +37,7 @@ ADAPTERS: tuple[type[Adapter], ...] = (LlamaAdapter, GemmaAdapter, CohereAdapter
                                        StarCoder2Adapter, PhiAdapter, Phi3Adapter, GlmAdapter, GPTJAdapter,
                                        GPTBigCodeAdapter, OPTAdapter, GPTNeoXAdapter, GPT2Adapter,
                                        GPTNeoAdapter, MoeAdapter, MlaAdapter, FalconAdapter, BloomAdapter,
-                                       CodeGenAdapter)
+                                       CodeGenAdapter, Gemma4Adapter)
 
 
 def supported_model_types() -> list[str]:

@@ -263,6 +263,12 @@ class Adapter:
         """
         from ...surgery.depth_config import config_after_cut, cut_fields
 
+        shared = getattr(self.config, "num_kv_shared_layers", 0) or 0
+        if shared and len(kept) < self.num_layers():
+            raise ArgumentError(
+                f"the last {shared} decoder layers reuse the key/value cache of earlier layers chosen by position "
+                "(num_kv_shared_layers, Gemma-3n/4): removing layers would change which cache each reads; "
+                "depth removal is not supported on such a model")
         layers = self.decoder_layers()
         family = self.depth_updates(kept)
         if verify:
@@ -280,6 +286,28 @@ class Adapter:
                         setattr(module, name, new_index)
         for key, value in updates.items():
             setattr(self.config, key, value)
+        self._cut_per_layer_tables(kept, len(layers))
+
+    def per_layer_tables(self) -> list[tuple[nn.Module, int]]:
+        """Model-level tensors that hold a slice per decoder layer (Gemma-3n/4's per-layer token
+        inputs: ``embed_tokens_per_layer`` columns and ``per_layer_model_projection`` rows, each
+        ``hidden_size_per_layer_input`` wide per layer), with the axis the slices lie along."""
+        if not getattr(self.config, "hidden_size_per_layer_input", 0):
+            return []
+        parent = self.model.get_submodule(self.layers_path.rpartition(".")[0])
+        tables = [(getattr(parent, name, None), axis) for name, axis in
+                  (("embed_tokens_per_layer", 1), ("per_layer_model_projection", 0))]
+        return [(module, axis) for module, axis in tables if module is not None]
+
+    def _cut_per_layer_tables(self, kept: list[int], old: int) -> None:
+        for module, axis in self.per_layer_tables():
+            width = module.weight.shape[axis] // old
+            index = torch.cat([torch.arange(i * width, (i + 1) * width) for i in kept]).to(module.weight.device)
+            module.weight = nn.Parameter(module.weight.detach().index_select(axis, index),
+                                         requires_grad=module.weight.requires_grad)
+            for name in ("embedding_dim", "out_features"):
+                if hasattr(module, name):
+                    setattr(module, name, module.weight.shape[axis])
 
     def depth_updates(self, kept: list[int]) -> dict[str, Any]:
         """Config fields a family encodes per layer in its own way (beyond lists, index lists and a

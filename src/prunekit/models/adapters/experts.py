@@ -41,9 +41,10 @@ TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts"
 
 def expert_count(config) -> int | None:
     """Routed experts per MoE layer as the config declares them (None for a dense model, also one
-    whose config says ``is_moe: false`` beside an expert count, as Doge's default does)."""
+    whose config says ``is_moe: false`` or ``enable_moe_block: false`` beside an expert count, as
+    Doge's and Gemma-4's defaults do)."""
     config = text_config(config)
-    if getattr(config, "is_moe", None) is False:
+    if getattr(config, "is_moe", None) is False or getattr(config, "enable_moe_block", None) is False:
         return None
     return next((getattr(config, k) for k in EXPERT_COUNT_KEYS if isinstance(getattr(config, k, None), int)
                  and getattr(config, k) > 1), None)

@@ -1,0 +1,51 @@
+"""Gemma-4: heads whose width differs by layer type.
+
+A Gemma-4 config sets ``head_dim`` per layer (transformers' heterogeneous ``per_layer_config``:
+sliding-attention layers 256 wide, full-attention ones 512 in the released shapes), and reading
+the global ``head_dim`` raises. A head here is that layer's own ``self_attn.head_dim`` rows of
+q/k/v and columns of o; the per-head q/k norms are one vector shared by every head, so they keep
+their width. Layers are found and the MLP coupled by the structural probe
+(:class:`ProbedWidthAdapter`); stock config fields are the head counts only, written when the
+stock class built from them has every layer's shapes.
+"""
+
+from __future__ import annotations
+
+from .probed_width import ATTENTION, ProbedWidthAdapter
+from .units import head_group
+
+
+class Gemma4Adapter(ProbedWidthAdapter):
+    family = "gemma4"
+    model_types = ("gemma4_text", "gemma4_unified_text")
+
+    def layer_head_dim(self, index: int) -> int:
+        return int(self.decoder_layers()[index].get_submodule(ATTENTION).head_dim)
+
+    @property
+    def head_dim(self) -> int:  # the first layer's; per layer: layer_head_dim
+        return self.layer_head_dim(0)
+
+    def _head_group(self, attention, index, head_grouping):
+        return head_group(attention, index, self.layer_head_dim(index), head_grouping)
+
+    def _query_heads(self, heads):
+        q_member = next(m for m in heads.members if m.role == "q")
+        return q_member.index.numel() // self.layer_head_dim(heads.layer)
+
+    def _kv_heads(self, heads):
+        k_member = next((m for m in heads.members if m.role == "k"), None)
+        return k_member.index.numel() // self.layer_head_dim(heads.layer) if k_member is not None else heads.partition
+
+    def stock_shape_fields(self, heads, kv_heads, channels):
+        from ...io.shapes import SHAPES_KEY
+        from ...surgery.depth_config import stock_class_builds
+        import copy
+
+        fields = {"num_attention_heads": heads, "num_key_value_heads": kv_heads}
+        config = copy.deepcopy(self.config)
+        for key, value in fields.items():
+            setattr(config, key, value)
+        if hasattr(config, SHAPES_KEY):
+            delattr(config, SHAPES_KEY)
+        return fields if stock_class_builds(self.model, config, self.layers_path) else None
