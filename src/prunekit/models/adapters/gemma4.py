@@ -37,15 +37,5 @@ class Gemma4Adapter(ProbedWidthAdapter):
         k_member = next((m for m in heads.members if m.role == "k"), None)
         return k_member.index.numel() // self.layer_head_dim(heads.layer) if k_member is not None else heads.partition
 
-    def stock_shape_fields(self, heads, kv_heads, channels):
-        from ...io.shapes import SHAPES_KEY
-        from ...surgery.depth_config import stock_class_builds
-        import copy
-
-        fields = {"num_attention_heads": heads, "num_key_value_heads": kv_heads}
-        config = copy.deepcopy(self.config)
-        for key, value in fields.items():
-            setattr(config, key, value)
-        if hasattr(config, SHAPES_KEY):
-            delattr(config, SHAPES_KEY)
-        return fields if stock_class_builds(self.model, config, self.layers_path) else None
+    def stock_head_fields(self, heads, kv_heads):
+        return {"num_attention_heads": heads, "num_key_value_heads": kv_heads}  # head_dim is per layer

@@ -89,6 +89,10 @@ class ProbedWidthAdapter(StructuralAdapter):
         return {f"{self.attention_path}.{name}": value for name, value in values.items()
                 if isinstance(getattr(attention, name, None), int)}
 
+    def stock_head_fields(self, heads: int, kv_heads: int) -> dict:
+        """The config fields that state a layer's heads."""
+        return {"num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": self.head_dim}
+
     def stock_shape_fields(self, heads, kv_heads, channels):
         """Head fields, when the stock class built from them has every layer's shapes: a channel
         cut (a shared expert's width and a dense layer's are separate fields) or full-width q/k
@@ -96,7 +100,7 @@ class ProbedWidthAdapter(StructuralAdapter):
         from ...io.shapes import SHAPES_KEY
         from ...surgery.depth_config import stock_class_builds
 
-        fields = {"num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": self.head_dim}
+        fields = self.stock_head_fields(heads, kv_heads)
         config = copy.deepcopy(self.config)
         for key, value in fields.items():
             if isinstance(getattr(type(config), key, None), property):  # derived (Falcon's head_dim): not a field
