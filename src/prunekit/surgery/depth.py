@@ -8,7 +8,7 @@ from typing import Iterator
 
 import torch
 
-from ..models.adapters.base import Adapter
+from ..models.adapters.base import TABLE_WIDTH_ATTRIBUTES, Adapter
 
 
 def remove_layers(adapter: Adapter, remove: list[int], verify: bool = True) -> list[int]:
@@ -26,7 +26,8 @@ def layers_removed(adapter: Adapter, remove: list[int]) -> Iterator[None]:
     config = copy.deepcopy(vars(adapter.config))
     indices = [(m, name, getattr(m, name)) for layer in layers for m in layer.modules()
                for name in ("layer_idx", "layer_id") if isinstance(getattr(m, name, None), int)]
-    tables = [(module, module.weight, dict(vars(module))) for module, _ in adapter.per_layer_tables()]
+    tables = [(module, module.weight, {name: getattr(module, name) for name in TABLE_WIDTH_ATTRIBUTES
+                                       if hasattr(module, name)}) for module, _ in adapter.per_layer_tables()]
     remove_layers(adapter, remove, verify=False)
     try:
         yield
@@ -36,11 +37,10 @@ def layers_removed(adapter: Adapter, remove: list[int]) -> Iterator[None]:
         vars(adapter.config).update(config)
         for module, name, value in indices:
             setattr(module, name, value)
-        for module, weight, attributes in tables:
+        for module, weight, widths in tables:
             module.weight = weight
-            for name in ("embedding_dim", "out_features"):
-                if name in attributes:
-                    setattr(module, name, attributes[name])
+            for name, value in widths.items():
+                setattr(module, name, value)
 
 
 SUBLAYER_OUTPUT_ROLES = {"attn": ("o",), "mlp": ("down", "fc2")}

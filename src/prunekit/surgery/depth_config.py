@@ -142,7 +142,7 @@ def config_after_cut(model: nn.Module, config: Any, layers: list[nn.Module], kep
         changed = next((key for key, value in attempt.items()
                         if isinstance(value, list) and getattr(reloaded, key, value) != value), None)
         if changed is not None:  # the class rewrites a per-layer field on load (Gemma-4: the last layer is full attention)
-            rewritten = changed
+            rewritten = (changed, getattr(reloaded, changed), attempt[changed])
             continue
         skeleton = _skeleton_layers(model, reloaded, layers_path)
         if skeleton is not None and _first_mismatch(skeleton, kept_layers) is None:
@@ -150,8 +150,8 @@ def config_after_cut(model: nn.Module, config: Any, layers: list[nn.Module], kep
     if rewritten is not None:
         raise ArgumentError(
             f"removing these layers leaves a config that model type '{getattr(config, 'model_type', '?')}' rewrites "
-            f"when it is loaded ({rewritten}: {getattr(_as_reloaded(candidate), rewritten)} instead of "
-            f"{attempts[-1][rewritten]}), so the saved model would not be the pruned one; choose other layers")
+            f"when it is loaded ({rewritten[0]}: {rewritten[1]} instead of {rewritten[2]}), so the saved model "
+            "would not be the pruned one; choose other layers")
     if skeleton is None:
         raise ArgumentError(f"removing these layers leaves a config that model type '{getattr(config, 'model_type', '?')}' "
                             "cannot build (its per-layer fields no longer agree); choose other layers")

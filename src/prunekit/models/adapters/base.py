@@ -22,6 +22,8 @@ from ...errors import ArgumentError
 ALL_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down", "fc1", "fc2")
 # a mixture-of-experts router (and a shared expert's scalar gate): never pruned unless named
 ROUTER_ROLE = "router"
+# attributes of an embedding / linear that state the width of its weight's per-layer axis
+TABLE_WIDTH_ATTRIBUTES = ("embedding_dim", "out_features")
 
 
 @dataclass
@@ -305,7 +307,7 @@ class Adapter:
             index = torch.cat([torch.arange(i * width, (i + 1) * width) for i in kept]).to(module.weight.device)
             module.weight = nn.Parameter(module.weight.detach().index_select(axis, index),
                                          requires_grad=module.weight.requires_grad)
-            for name in ("embedding_dim", "out_features"):
+            for name in TABLE_WIDTH_ATTRIBUTES:
                 if hasattr(module, name):
                     setattr(module, name, module.weight.shape[axis])
 

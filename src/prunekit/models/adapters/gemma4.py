@@ -12,7 +12,6 @@ stock class built from them has every layer's shapes.
 from __future__ import annotations
 
 from .probed_width import ATTENTION, ProbedWidthAdapter
-from .units import head_group
 
 
 class Gemma4Adapter(ProbedWidthAdapter):
@@ -25,17 +24,6 @@ class Gemma4Adapter(ProbedWidthAdapter):
     @property
     def head_dim(self) -> int:  # the first layer's; per layer: layer_head_dim
         return self.layer_head_dim(0)
-
-    def _head_group(self, attention, index, head_grouping):
-        return head_group(attention, index, self.layer_head_dim(index), head_grouping)
-
-    def _query_heads(self, heads):
-        q_member = next(m for m in heads.members if m.role == "q")
-        return q_member.index.numel() // self.layer_head_dim(heads.layer)
-
-    def _kv_heads(self, heads):
-        k_member = next((m for m in heads.members if m.role == "k"), None)
-        return k_member.index.numel() // self.layer_head_dim(heads.layer) if k_member is not None else heads.partition
 
     def stock_head_fields(self, heads, kv_heads):
         return {"num_attention_heads": heads, "num_key_value_heads": kv_heads}  # head_dim is per layer

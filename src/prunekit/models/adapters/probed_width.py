@@ -44,19 +44,23 @@ class ProbedWidthAdapter(StructuralAdapter):
                                                tuple(p.local_name for p in producers), consumer.input_group)
         return groups
 
+    def layer_head_dim(self, index: int) -> int:
+        """Layer ``index``'s head width (one for every layer unless the family sets it per layer)."""
+        return self.head_dim
+
     def _head_group(self, attention: list[LinearView], index: int, head_grouping: str) -> UnitGroup | None:
         """The layer's attention units (None where heads cannot be removed)."""
-        return head_group(attention, index, self.head_dim, head_grouping)
+        return head_group(attention, index, self.layer_head_dim(index), head_grouping)
 
     def _query_heads(self, heads: UnitGroup) -> int:
         q_member = next(m for m in heads.members if m.role == "q")
-        return q_member.index.numel() // self.head_dim
+        return q_member.index.numel() // self.layer_head_dim(heads.layer)
 
     def _kv_heads(self, heads: UnitGroup) -> int:
         """KV heads: the k rows' blocks, or — units of query heads that leave k whole — one per
         partition block (a multi-query layer's one)."""
         k_member = next((m for m in heads.members if m.role == "k"), None)
-        return k_member.index.numel() // self.head_dim if k_member is not None else heads.partition
+        return k_member.index.numel() // self.layer_head_dim(heads.layer) if k_member is not None else heads.partition
 
     @staticmethod
     def _dense_mlp(views: list[LinearView], attention_path: str) -> tuple[list[LinearView], LinearView] | None:
